@@ -1,0 +1,3 @@
+from gencompress.cli import main
+
+main()

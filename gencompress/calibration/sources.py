@@ -1,0 +1,186 @@
+"""Where model inputs come from: noise latents, arrays from .npy/.npz, or a folder of images.
+
+One ``CalibrationSet`` feeds everything that needs inputs: the TFLite representative dataset,
+the onnxruntime calibration reader, fine-tuning and evaluation. Calibration and evaluation sets
+are built together so that they never share a sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from gencompress.errors import CalibrationError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+@dataclass
+class CalibrationSet:
+    """Input arrays keyed by model input name, all with the same leading (sample) dimension."""
+
+    arrays: dict[str, np.ndarray]
+    source: str
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def sample(self, i: int) -> dict[str, np.ndarray]:
+        """Sample ``i`` as a batch of one."""
+        return {k: v[i : i + 1] for k, v in self.arrays.items()}
+
+    def samples(self) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(len(self)):
+            yield self.sample(i)
+
+    def take(self, n: int) -> "CalibrationSet":
+        return CalibrationSet({k: v[:n] for k, v in self.arrays.items()}, self.source)
+
+    def describe(self) -> dict:
+        return {"source": self.source, "samples": len(self)}
+
+
+def build_sets(
+    inputs,
+    spec: str,
+    calibration_samples: int,
+    eval_samples: int,
+    seed: int,
+    input_range: tuple[float, float] = (-1.0, 1.0),
+    label_ranges: dict | None = None,
+) -> tuple[CalibrationSet, CalibrationSet]:
+    """Build the calibration set and the disjoint held-out evaluation set.
+
+    ``inputs``: the model's ``TensorInfo`` list. ``spec``: ``noise``, a ``.npy``/``.npz`` path or
+    an image folder. Finite data is shuffled with ``seed`` and split; noise uses two independent
+    seeded streams.
+    """
+    if calibration_samples < 1 or eval_samples < 1:
+        raise CalibrationError("calibration and evaluation need at least one sample each")
+    if spec == "noise":
+        calib = noise_set(inputs, calibration_samples, np.random.default_rng([seed, 0]), label_ranges)
+        held = noise_set(inputs, eval_samples, np.random.default_rng([seed, 1]), label_ranges)
+        return calib, held
+    path = Path(spec)
+    if not path.exists():
+        raise CalibrationError(f"calibration source not found: {spec} (use 'noise', a .npy/.npz file or an image folder)")
+    if path.is_dir():
+        data = image_folder_arrays(inputs, path, input_range)
+    elif path.suffix.lower() in (".npy", ".npz"):
+        data = array_file_arrays(inputs, path)
+    else:
+        raise CalibrationError(f"calibration source {spec} is not a .npy/.npz file or an image folder")
+    return split(data, str(path), calibration_samples, eval_samples, seed)
+
+
+def noise_set(inputs, n: int, rng: np.random.Generator, label_ranges: dict | None) -> CalibrationSet:
+    """Standard-normal float inputs; integer (label) inputs get valid random ids."""
+    arrays = {}
+    for t in inputs:
+        shape = (n,) + tuple(t.shape[1:])
+        if t.is_integer:
+            high = (label_ranges or {}).get(t.name)
+            if high is None:
+                raise CalibrationError(
+                    f"cannot tell the valid values of integer input '{t.name}' (it feeds no Embedding): "
+                    "give --calibration data.npz"
+                )
+            arrays[t.name] = rng.integers(0, high, size=shape).astype(t.dtype)
+        else:
+            arrays[t.name] = rng.standard_normal(shape).astype(t.dtype)
+    return CalibrationSet(arrays, "noise")
+
+
+def array_file_arrays(inputs, path: Path) -> dict[str, np.ndarray]:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    if isinstance(loaded, np.ndarray):
+        if len(inputs) != 1:
+            names = ", ".join(t.name for t in inputs)
+            raise CalibrationError(
+                f"{path} holds one array but the model has {len(inputs)} inputs ({names}): use a .npz keyed by input name"
+            )
+        raw = {inputs[0].name: loaded}
+    else:
+        with loaded:
+            raw = {k: loaded[k] for k in loaded.files}
+        missing = [t.name for t in inputs if t.name not in raw]
+        if missing:
+            raise CalibrationError(
+                f"{path} has no array for input(s) {', '.join(missing)} (it has: {', '.join(raw) or 'none'})"
+            )
+    return {t.name: _checked(t, raw[t.name], str(path)) for t in inputs}
+
+
+def image_folder_arrays(inputs, folder: Path, input_range) -> dict[str, np.ndarray]:
+    from PIL import Image, UnidentifiedImageError
+
+    image_inputs = [t for t in inputs if len(t.shape) == 4 and t.shape[-1] in (1, 3)]
+    if len(inputs) != 1 or not image_inputs:
+        raise CalibrationError(
+            "an image folder can only calibrate a model with one image input (N, H, W, 1 or 3)"
+        )
+    t = image_inputs[0]
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise CalibrationError(f"no PNG/JPEG images in {folder}")
+    _, h, w, c = t.shape
+    lo, hi = input_range
+    images = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+                pixels = np.asarray(im, dtype=np.float32) / 255.0
+        except (UnidentifiedImageError, OSError) as exc:
+            raise CalibrationError(f"cannot read image {f}: {str(exc).splitlines()[0]}") from None
+        images.append(pixels.reshape(h, w, c) * (hi - lo) + lo)
+    return {t.name: _checked(t, np.stack(images), str(folder))}
+
+
+def _checked(t, array: np.ndarray, where: str) -> np.ndarray:
+    expected = tuple(t.shape[1:])
+    if array.ndim == len(expected):  # a single sample without the batch axis
+        array = array[None]
+    if tuple(array.shape[1:]) != expected:
+        raise CalibrationError(
+            f"{where}: input '{t.name}' needs samples of shape {list(expected)}, got {list(array.shape[1:])}"
+        )
+    if len(array) == 0:
+        raise CalibrationError(f"{where}: no samples for input '{t.name}'")
+    if t.is_integer:
+        if not np.issubdtype(array.dtype, np.integer):
+            raise CalibrationError(f"{where}: input '{t.name}' is {t.dtype}, got {array.dtype} values")
+    elif not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise CalibrationError(f"{where}: input '{t.name}' needs numbers, got dtype {array.dtype}")
+    elif not np.all(np.isfinite(array)):
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise CalibrationError(f"{where}: input '{t.name}' has {bad} NaN/Inf values")
+    return array.astype(t.dtype)
+
+
+def split(data: dict, source: str, calibration_samples: int, eval_samples: int, seed: int):
+    """Shuffle finite data with ``seed`` and split it into disjoint calibration/evaluation sets."""
+    lengths = {len(v) for v in data.values()}
+    if len(lengths) != 1:
+        raise CalibrationError(f"{source}: inputs have different numbers of samples {sorted(lengths)}")
+    n = lengths.pop()
+    if n < 2:
+        raise CalibrationError(f"{source}: need at least 2 samples (one to calibrate, one held out), got {n}")
+    order = np.random.default_rng([seed, 2]).permutation(n)
+    if n >= calibration_samples + eval_samples:
+        n_eval, n_calib = eval_samples, calibration_samples
+    else:  # too few: keep the requested proportion, at least one held-out sample
+        n_eval = max(1, round(n * eval_samples / (calibration_samples + eval_samples)))
+        n_calib = n - n_eval
+    held = order[:n_eval]
+    calib = order[n_eval : n_eval + n_calib]
+    return (
+        CalibrationSet({k: v[calib] for k, v in data.items()}, source),
+        CalibrationSet({k: v[held] for k, v in data.items()}, source),
+    )

@@ -1,0 +1,148 @@
+"""ONNX: float export through tf2onnx, quantization through onnxruntime, and an ORT runner."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from gencompress.errors import ConversionError
+from gencompress.tfenv import import_tf
+
+OPSET = 17
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+def export_onnx_float(model) -> bytes:
+    """The float32 ONNX graph of a ``LoadedModel`` (tf2onnx), inputs named as the model's."""
+    tf = import_tf()
+    import tf2onnx
+
+    spec = [tf.TensorSpec(t.shape, tf.as_dtype(t.dtype), name=t.name) for t in model.inputs]
+    try:
+        if model.keras_model is not None:
+            proto, _ = tf2onnx.convert.from_keras(model.keras_model, input_signature=spec, opset=OPSET)
+        else:
+            names = [t.name for t in model.inputs]
+            signature = model.signature
+
+            @tf.function(input_signature=spec)
+            def serve(*args):
+                out = signature(**dict(zip(names, args)))
+                return [out[t.name] for t in model.outputs]
+
+            proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=OPSET)
+    except Exception as exc:  # tf2onnx raises plain Exceptions for unsupported ops
+        raise ConversionError(f"ONNX export (tf2onnx) failed: {str(exc).splitlines()[0][:400]}") from exc
+    return proto.SerializeToString()
+
+
+def quantize_onnx(
+    float_model: bytes,
+    precision: str,
+    calibration=None,
+    calibration_method: str = "minmax",
+    nodes_to_exclude: list[str] | None = None,
+) -> bytes:
+    """Quantize a float ONNX model with onnxruntime.
+
+    int8: static QDQ, per-channel int8 weights and int8 activations, calibrated on ``calibration``.
+    int16x8: static QDQ with int16 activations. dynamic: int8 weights, activations quantized at
+    run time. float16: weights and compute in float16, float32 inputs and outputs.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if precision == "float16":
+        return _to_float16(float_model)
+    with tempfile.TemporaryDirectory(prefix="gencompress-onnx-") as tmp:
+        src, pre, out = (os.path.join(tmp, n) for n in ("float.onnx", "pre.onnx", "out.onnx"))
+        Path(src).write_bytes(float_model)
+        try:
+            quant_pre_process(src, pre, skip_symbolic_shape=True)
+            if precision == "dynamic":
+                quantize_dynamic(pre, out, weight_type=QuantType.QInt8, per_channel=True)
+            elif precision in ("int8", "int16x8"):
+                if calibration is None:
+                    raise ValueError(f"{precision} needs a calibration set")
+
+                class Reader(CalibrationDataReader):
+                    def __init__(self):
+                        self._it = iter(calibration.samples())
+
+                    def get_next(self):
+                        return next(self._it, None)
+
+                method = {
+                    "minmax": CalibrationMethod.MinMax,
+                    "percentile": CalibrationMethod.Percentile,
+                    "entropy": CalibrationMethod.Entropy,
+                }[calibration_method]
+                quantize_static(
+                    pre,
+                    out,
+                    Reader(),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QInt8 if precision == "int8" else QuantType.QInt16,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=method,
+                    nodes_to_exclude=nodes_to_exclude or [],
+                    extra_options={"CalibTensorRangeSymmetric": False},
+                )
+            else:
+                raise ValueError(f"unknown precision {precision}")
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise ConversionError(f"ONNX {precision} quantization failed: {str(exc).splitlines()[0][:400]}") from exc
+        return Path(out).read_bytes()
+
+
+def _to_float16(float_model: bytes) -> bytes:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = onnx.load_from_string(float_model)
+    try:
+        half = convert_float_to_float16(proto, keep_io_types=True)
+    except Exception as exc:  # the converter raises bare Exceptions
+        raise ConversionError(f"ONNX float16 conversion failed: {str(exc).splitlines()[0][:400]}") from exc
+    return half.SerializeToString()
+
+
+class OnnxRunner:
+    """Runs an ``.onnx`` file in onnxruntime on the CPU, inputs keyed by the model's input names."""
+
+    def __init__(self, path: str, input_names: list[str], output_names: list[str], threads: int = 1):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ConversionError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0][:400]}") from exc
+        self.input_names = input_names
+        self._feed = None
+
+    def set_inputs(self, sample: dict[str, np.ndarray]) -> None:
+        self._feed = {n: sample[n] for n in self.input_names}
+
+    def invoke(self) -> None:
+        self.session.run(None, self._feed)
+
+    def run(self, sample: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(o, dtype=np.float32) for o in self.session.run(None, {n: sample[n] for n in self.input_names})]
+
+    def run_all(self, data) -> list[np.ndarray]:
+        return self.run(data.arrays)

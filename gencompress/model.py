@@ -1,0 +1,397 @@
+"""Load a trained generator into one handle, whatever format it was saved in.
+
+Formats: Keras 2 ``.h5``, ``.keras`` written by tf-keras or by Keras 3 (bridged to tf-keras),
+SavedModel directories saved by Keras or exported with ``model.export()`` /
+``tf.saved_model.save`` (used through their ``serving_default`` signature).
+
+Loading never runs code stored in the model unless ``trust_code`` is set: the saved config is
+read and checked for ``Lambda`` and custom layers *before* the Keras loader sees it (the ``.h5``
+loader unmarshals Lambda bytecode and has no safe mode of its own).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gencompress.errors import ModelLoadError, UnsupportedModelError
+from gencompress.tfenv import import_keras, import_tf
+
+# Layers whose saved form is a reference into TensorFlow's API, not Python code of the file's.
+_SAFE_OP_LAYERS = {"TFOpLambda", "SlicingOpLambda"}
+_MODEL_CLASSES = {"Sequential", "Functional", "Model"}
+_BOUNDED_ACTIVATIONS = {"tanh": (-1.0, 1.0), "sigmoid": (0.0, 1.0)}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One model input or output: name, shape (``None`` for the batch) and numpy dtype name."""
+
+    name: str
+    shape: tuple
+    dtype: str
+
+    @property
+    def is_integer(self) -> bool:
+        return np.issubdtype(np.dtype(self.dtype), np.integer)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass
+class LoadedModel:
+    """A loaded generator. ``keras_model`` is a tf-keras model, or ``None`` for a plain SavedModel
+    (then ``signature`` is its ``serving_default`` concrete function)."""
+
+    path: str
+    format: str
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    params: int
+    keras_model: object = None
+    signature: object = None
+    output_activation: str | None = None
+    label_ranges: dict = field(default_factory=dict)
+
+    @property
+    def stem(self) -> str:
+        name = Path(self.path.rstrip("/")).name
+        for suffix in (".h5", ".hdf5", ".keras"):
+            if name.endswith(suffix):
+                return name[: -len(suffix)]
+        return name
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    def known_output_range(self) -> tuple[float, float] | None:
+        """The range fixed by the output activation (tanh, sigmoid), or ``None`` if unbounded."""
+        return _BOUNDED_ACTIVATIONS.get(self.output_activation)
+
+    def predict(self, feeds: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
+        """Float reference outputs, one array per model output, for inputs keyed by input name."""
+        tf = import_tf()
+        n = len(next(iter(feeds.values())))
+        chunks: list[list[np.ndarray]] = []
+        for start in range(0, n, batch_size):
+            part = [feeds[t.name][start : start + batch_size] for t in self.inputs]
+            if self.keras_model is not None:
+                result = self.keras_model(part if len(part) > 1 else part[0], training=False)
+                result = result if isinstance(result, (list, tuple)) else [result]
+            else:
+                out = self.signature(**{t.name: tf.constant(a) for t, a in zip(self.inputs, part)})
+                result = [out[t.name] for t in self.outputs]
+            chunks.append([np.asarray(r) for r in result])
+        return [np.concatenate([c[i] for c in chunks]) for i in range(len(self.outputs))]
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "format": self.format,
+            "params": self.params,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "output_activation": self.output_activation,
+        }
+
+    def layer_rows(self) -> list[dict]:
+        """Per-layer name, class, params and output shape (empty for a plain SavedModel)."""
+        if self.keras_model is None:
+            return []
+        rows = []
+        for layer in _iter_layers(self.keras_model):
+            try:
+                shape = layer.output_shape
+            except (AttributeError, RuntimeError):
+                shape = None
+            rows.append(
+                {
+                    "name": layer.name,
+                    "class": type(layer).__name__,
+                    "params": int(layer.count_params()) if layer.built else 0,
+                    "output_shape": _shape_str(shape),
+                }
+            )
+        return rows
+
+
+def load_model(
+    path: str | os.PathLike, trust_code: bool = False, custom_objects_file: str | None = None
+) -> LoadedModel:
+    """Load a Keras ``.h5``/``.keras`` file or a SavedModel directory into a ``LoadedModel``.
+
+    ``trust_code`` allows Lambda layers (their code runs at load time); ``custom_objects_file`` is a
+    Python file defining custom layer classes, imported only when ``trust_code`` is set.
+    """
+    path = str(path)
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"model not found: {path}")
+    custom_objects = _import_custom_objects(custom_objects_file, trust_code)
+    if p.is_dir():
+        return _load_saved_model_dir(p, trust_code, custom_objects)
+    suffix = p.suffix.lower()
+    if suffix in (".h5", ".hdf5"):
+        config = _h5_config(p)
+        _check_layers_safe(config, trust_code, custom_objects)
+        keras_model = _keras_load(p, custom_objects, trust_code)
+        return _from_keras(path, "h5", keras_model)
+    if suffix == ".keras":
+        from gencompress.bridge import is_keras3_file, load_keras3_file
+
+        if is_keras3_file(path):
+            return _from_keras(path, "keras3", load_keras3_file(path, trust_code=trust_code))
+        config = _keras_zip_config(p)
+        _check_layers_safe(config, trust_code, custom_objects)
+        return _from_keras(path, "keras", _keras_load(p, custom_objects, trust_code))
+    raise ModelLoadError(
+        f"unsupported model file {path}: expected .h5, .keras or a SavedModel directory"
+    )
+
+
+def _import_custom_objects(custom_objects_file, trust_code) -> dict:
+    if custom_objects_file is None:
+        return {}
+    if not trust_code:
+        raise UnsupportedModelError(
+            "--custom-objects runs Python code: pass --trust-code as well to allow it"
+        )
+    spec = importlib.util.spec_from_file_location("gencompress_custom_objects", custom_objects_file)
+    if spec is None or not Path(custom_objects_file).is_file():
+        raise ModelLoadError(f"custom objects file not found: {custom_objects_file}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {k: v for k, v in vars(module).items() if isinstance(v, type)}
+
+
+def _h5_config(p: Path) -> dict:
+    import h5py
+
+    try:
+        with h5py.File(p, "r") as f:
+            raw = f.attrs.get("model_config")
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {p} as HDF5: {_first_line(exc)}") from None
+    if raw is None:
+        raise ModelLoadError(f"{p} holds no model config (weights-only .h5 files are not models)")
+    try:
+        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except ValueError as exc:
+        raise ModelLoadError(f"{p}: model config is not valid JSON: {exc}") from None
+
+
+def _keras_zip_config(p: Path) -> dict:
+    try:
+        with zipfile.ZipFile(p) as z:
+            return json.loads(z.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        raise ModelLoadError(f"cannot read {p} as a .keras archive: {_first_line(exc)}") from None
+
+
+def _walk_layer_configs(node):
+    """Yield (name, class_name) for every layer config nested anywhere in a model config."""
+    if isinstance(node, dict):
+        cls = node.get("class_name")
+        cfg = node.get("config")
+        if isinstance(cls, str) and isinstance(cfg, dict) and ("layers" in cfg or "name" in cfg):
+            yield cfg.get("name", "?"), cls
+        for value in node.values():
+            yield from _walk_layer_configs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk_layer_configs(value)
+
+
+def _check_layers_safe(config: dict, trust_code: bool, custom_objects: dict) -> None:
+    keras = import_keras()
+    for name, cls in _walk_layer_configs(config.get("config", config)):
+        if cls in _MODEL_CLASSES or cls in _SAFE_OP_LAYERS or cls in custom_objects:
+            continue
+        if cls == "Lambda":
+            if not trust_code:
+                raise UnsupportedModelError(
+                    f"layer '{name}' (Lambda) runs Python code stored in the model file; "
+                    "pass --trust-code to allow it"
+                )
+            continue
+        if not hasattr(keras.layers, cls) and _is_layer_like(cls):
+            hint = (
+                "pass --trust-code --custom-objects FILE.py defining it"
+                if not trust_code
+                else "define it in the --custom-objects file"
+            )
+            raise UnsupportedModelError(f"layer '{name}' has custom class {cls}: {hint}")
+
+
+def _is_layer_like(cls: str) -> bool:
+    # Initializers, regularizers and constraints also carry class_name/config; only layers have
+    # a config with a "name" (checked by the walker) and are not known keras objects.
+    keras = import_keras()
+    for module in (keras.initializers, keras.regularizers, keras.constraints, keras.activations):
+        if hasattr(module, cls):
+            return False
+    return True
+
+
+def _keras_load(p: Path, custom_objects: dict, trust_code: bool):
+    keras = import_keras()
+    kwargs = {"compile": False, "custom_objects": custom_objects or None}
+    if p.suffix == ".keras":
+        kwargs["safe_mode"] = not trust_code
+    try:
+        return keras.models.load_model(str(p), **kwargs)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ModelLoadError(f"cannot load {p}: {_first_line(exc)}") from None
+
+
+def _load_saved_model_dir(p: Path, trust_code: bool, custom_objects: dict) -> LoadedModel:
+    if not (p / "saved_model.pb").exists() and not (p / "saved_model.pbtxt").exists():
+        raise ModelLoadError(f"{p} is a directory but not a SavedModel (no saved_model.pb)")
+    if (p / "keras_metadata.pb").exists():
+        _check_saved_keras_metadata(p / "keras_metadata.pb", trust_code, custom_objects)
+        return _from_keras(str(p), "savedmodel-keras", _keras_load(p, custom_objects, trust_code))
+    tf = import_tf()
+    try:
+        loaded = tf.saved_model.load(str(p))
+    except Exception as exc:  # TF raises many kinds for a corrupt SavedModel
+        raise ModelLoadError(f"cannot load SavedModel {p}: {_first_line(exc)}") from None
+    signature = loaded.signatures.get("serving_default")
+    if signature is None:
+        raise UnsupportedModelError(
+            f"SavedModel {p} has no 'serving_default' signature "
+            f"(it has: {', '.join(loaded.signatures) or 'none'})"
+        )
+    in_specs = signature.structured_input_signature[1]
+    inputs = [_tensor_info(name, spec.shape, spec.dtype) for name, spec in sorted(in_specs.items())]
+    outputs = [
+        _tensor_info(name, spec.shape, spec.dtype)
+        for name, spec in sorted(signature.structured_outputs.items())
+    ]
+    params = int(sum(np.prod(v.shape) for v in loaded.variables)) if hasattr(loaded, "variables") else 0
+    model = LoadedModel(
+        path=str(p), format="savedmodel", inputs=inputs, outputs=outputs, params=params,
+        signature=signature,
+    )
+    model._saved_object = loaded  # keep the variables alive with the signature
+    _check_static_shapes(model)
+    return model
+
+
+def _check_saved_keras_metadata(meta_path: Path, trust_code: bool, custom_objects: dict) -> None:
+    from tf_keras.src.protobuf import saved_metadata_pb2
+
+    meta = saved_metadata_pb2.SavedMetadata()
+    try:
+        meta.ParseFromString(meta_path.read_bytes())
+    except Exception as exc:  # protobuf's DecodeError
+        raise ModelLoadError(f"cannot read {meta_path}: {_first_line(exc)}") from None
+    layers = []
+    for node in meta.nodes:
+        try:
+            info = json.loads(node.metadata)
+        except ValueError:
+            continue
+        layers.append({"class_name": info.get("class_name"), "config": {"name": info.get("name")}})
+    _check_layers_safe({"layers": layers}, trust_code, custom_objects)
+
+
+def _from_keras(path: str, fmt: str, keras_model) -> LoadedModel:
+    inputs = [
+        _tensor_info(name, t.shape, t.dtype)
+        for name, t in zip(keras_model.input_names, keras_model.inputs)
+    ]
+    outputs = [
+        _tensor_info(name, t.shape, t.dtype)
+        for name, t in zip(keras_model.output_names, keras_model.outputs)
+    ]
+    model = LoadedModel(
+        path=path,
+        format=fmt,
+        inputs=inputs,
+        outputs=outputs,
+        params=int(keras_model.count_params()),
+        keras_model=keras_model,
+        output_activation=_output_activation(keras_model),
+        label_ranges=_embedding_ranges(keras_model),
+    )
+    _check_static_shapes(model)
+    return model
+
+
+def _tensor_info(name, shape, dtype) -> TensorInfo:
+    dims = tuple(None if d is None else int(d) for d in list(shape))
+    dtype = getattr(dtype, "as_numpy_dtype", dtype)
+    return TensorInfo(name=name, shape=(None,) + dims[1:], dtype=np.dtype(dtype).name)
+
+
+def _check_static_shapes(model: LoadedModel) -> None:
+    for t in model.inputs:
+        if any(d is None for d in t.shape[1:]):
+            raise UnsupportedModelError(
+                f"input '{t.name}' has unknown dimensions {list(t.shape)}: "
+                "gencompress needs fixed input shapes (all but the batch)"
+            )
+
+
+def _output_activation(keras_model) -> str | None:
+    """'tanh'/'sigmoid' when every output ends in that activation, else None."""
+    names = set()
+    for out in keras_model.outputs:
+        layer = out._keras_history.layer
+        activation = getattr(layer, "activation", None)
+        names.add(getattr(activation, "__name__", None))
+    return names.pop() if len(names) == 1 and None not in names and _bounded(names) else None
+
+
+def _bounded(names) -> bool:
+    return next(iter(names)) in _BOUNDED_ACTIVATIONS
+
+
+def _embedding_ranges(keras_model) -> dict:
+    """For integer inputs that feed an Embedding: the number of valid ids (``input_dim``)."""
+    keras = import_keras()
+    ranges = {}
+    for name, tensor in zip(keras_model.input_names, keras_model.inputs):
+        if not tensor.dtype.is_integer:
+            continue
+        for layer in _iter_layers(keras_model):
+            if isinstance(layer, keras.layers.Embedding) and _consumes(layer, tensor):
+                ranges[name] = int(layer.input_dim)
+    return ranges
+
+
+def _consumes(layer, tensor) -> bool:
+    for node in layer._inbound_nodes:
+        for t in node.keras_inputs if hasattr(node, "keras_inputs") else []:
+            if t is tensor or t.ref() == tensor.ref():
+                return True
+    return False
+
+
+def _iter_layers(keras_model):
+    for layer in keras_model.layers:
+        if hasattr(layer, "layers") and layer.__class__.__name__ in _MODEL_CLASSES:
+            yield from _iter_layers(layer)
+        else:
+            yield layer
+
+
+def _shape_str(shape) -> str:
+    if shape is None:
+        return "?"
+    if isinstance(shape, list):
+        return ", ".join(_shape_str(s) for s in shape)
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

@@ -1,0 +1,74 @@
+"""Fidelity of an artifact's outputs against the float model's, and artifact sizes."""
+
+from __future__ import annotations
+
+import gzip
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+MAX_PSNR_DB = 200.0
+
+
+def psnr_db(mse: float, value_range: float) -> float:
+    """PSNR in dB for a given MSE over an output range, capped at 200 dB (identical outputs)."""
+    if mse <= 0.0:
+        return MAX_PSNR_DB
+    return min(MAX_PSNR_DB, 10.0 * math.log10(value_range**2 / mse))
+
+
+def ssim(reference: np.ndarray, test: np.ndarray, output_range: tuple[float, float]) -> float | None:
+    """Mean SSIM over a batch of NHWC images, ``None`` for outputs that are not images."""
+    if reference.ndim != 4 or min(reference.shape[1:3]) < 3:
+        return None
+    from gencompress.tfenv import import_tf
+
+    tf = import_tf()
+    lo, hi = output_range
+    size = min(11, reference.shape[1], reference.shape[2])
+    value = tf.image.ssim(
+        tf.constant(reference - lo, tf.float32),
+        tf.constant(test - lo, tf.float32),
+        max_val=float(hi - lo),
+        filter_size=size,
+    )
+    return float(np.mean(value.numpy()))
+
+
+def fidelity(reference: list[np.ndarray], test: list[np.ndarray], output_range: tuple[float, float]) -> dict:
+    """MSE, max absolute error, PSNR (dB, over ``output_range``) and SSIM of ``test`` vs ``reference``."""
+    ref = np.concatenate([r.astype(np.float64).ravel() for r in reference])
+    out = np.concatenate([t.astype(np.float64).ravel() for t in test])
+    if ref.shape != out.shape:
+        raise ValueError(f"output sizes differ: {ref.shape} vs {out.shape}")
+    err = out - ref
+    mse = float(np.mean(err**2)) if np.all(np.isfinite(err)) else float("nan")
+    lo, hi = output_range
+    ssims = [ssim(r, t, output_range) for r, t in zip(reference, test)]
+    ssims = [s for s in ssims if s is not None]
+    return {
+        "psnr_db": None if math.isnan(mse) else _round(psnr_db(mse, hi - lo)),
+        "mse": None if math.isnan(mse) else mse,
+        "max_abs_error": float(np.max(np.abs(err))) if ref.size else 0.0,
+        "ssim": _round(float(np.mean(ssims)), 5) if ssims else None,
+    }
+
+
+def measured_output_range(outputs: list[np.ndarray]) -> tuple[float, float]:
+    lo = min(float(o.min()) for o in outputs)
+    hi = max(float(o.max()) for o in outputs)
+    if hi <= lo:
+        hi = lo + 1.0
+    return lo, hi
+
+
+def sizes(path: str | Path) -> dict:
+    data = Path(path).read_bytes()
+    # mtime=0: the gzip header holds no timestamp, so the figure repeats exactly.
+    return {"size_bytes": len(data), "gzip_bytes": len(gzip.compress(data, 9, mtime=0))}
+
+
+def _round(x: float | None, digits: int = 3) -> float | None:
+    return None if x is None else round(x, digits)

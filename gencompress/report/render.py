@@ -1,0 +1,87 @@
+"""The report as report.json, report.md and a terminal table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gencompress.artifacts import write_bytes_atomic
+
+
+def write_report(report: dict, output_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.md`` into ``output_dir`` (atomically)."""
+    out = Path(output_dir)
+    json_path = write_bytes_atomic(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
+    md_path = write_bytes_atomic(out / "report.md", markdown(report).encode())
+    return json_path, md_path
+
+
+def _rows(report: dict) -> list[list[str]]:
+    rows = []
+    for a in report["artifacts"]:
+        fid = a.get("fidelity") or {}
+        ratio = a.get("size_vs_float")
+        rows.append(
+            [
+                Path(a["path"]).name,
+                a["precision"],
+                _kib(a["size_bytes"]),
+                _kib(a["gzip_bytes"]),
+                "-" if ratio is None else f"{100 * ratio:.0f}%",
+                f"{a['latency_ms']['p50']:.3f}",
+                _psnr(fid.get("psnr_db")),
+                "-" if fid.get("ssim") is None else f"{fid['ssim']:.4f}",
+                {True: "yes", False: "NO", None: "-"}[a.get("passed")],
+            ]
+        )
+    return rows
+
+
+HEADER = ["artifact", "precision", "size", "gzip", "vs float", "p50 ms", "PSNR dB", "SSIM", "passed"]
+
+
+def terminal_table(report: dict) -> str:
+    rows = [HEADER] + _rows(report)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown(report: dict) -> str:
+    m = report["model"]
+    ev = report["evaluation"]
+    lo, hi = m["output_range"]
+    lines = [
+        f"# gencompress {report['command']} report",
+        "",
+        f"- model: `{m['path']}` ({m['format']}, {m['params']:,} parameters)",
+        "- inputs: " + ", ".join(f"`{t['name']}` {t['shape']} {t['dtype']}" for t in m["inputs"]),
+        "- outputs: " + ", ".join(f"`{t['name']}` {t['shape']} {t['dtype']}" for t in m["outputs"]),
+        f"- output range: [{lo:g}, {hi:g}] ({m['output_range_source']})",
+        f"- evaluation: {ev['samples']} held-out samples from {ev['source']}, seed {ev['seed']}",
+    ]
+    if "calibration" in report:
+        c = report["calibration"]
+        lines.append(f"- calibration: {c['samples']} samples from {c['source']}, method {c['method']}")
+    lines += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(r) + " |" for r in _rows(report)]
+    notes = [f"- `{Path(a['path']).name}`: {n}" for a in report["artifacts"] for n in a.get("notes", [])]
+    if notes:
+        lines += ["", "## Notes", ""] + notes
+    lines += [
+        "",
+        "PSNR and SSIM are against the float Keras model on the held-out set, over the output range "
+        "(capped at 200 dB; NaN: the artifact produced NaN/Inf). Latency: batch 1 after warm-up, LiteRT (XNNPACK) for .tflite, "
+        f"onnxruntime CPU for .onnx, {report['settings']['threads']} thread(s).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.2f} MiB"
+
+
+def _psnr(x) -> str:
+    return "NaN" if x is None else f"{x:.2f}"

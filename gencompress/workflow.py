@@ -1,0 +1,196 @@
+"""The library calls behind the CLI: build artifacts for a loaded model, measure them, report.
+
+Each command (export, quantize, ...) is ``prepare`` → ``build artifacts`` → ``evaluate`` →
+``report``; the CLI only parses options and renders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gencompress.artifacts import write_bytes_atomic
+from gencompress.calibration import CalibrationSet, build_sets
+from gencompress.converters import FORMATS, PRECISIONS
+from gencompress.errors import OptionError
+
+_EXT = {"tflite": ".tflite", "onnx": ".onnx"}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything that shapes a run, validated once. Unknown keys are rejected by the dataclass."""
+
+    precisions: tuple[str, ...] = ("int8",)
+    formats: tuple[str, ...] = FORMATS
+    calibration: str = "noise"
+    calibration_samples: int = 200
+    eval_samples: int = 64
+    seed: int = 0
+    input_range: tuple[float, float] = (-1.0, 1.0)
+    calibration_method: str = "minmax"
+    int8_io: bool = False
+    threads: int = 1
+    latency_runs: int = 50
+
+    def __post_init__(self):
+        from gencompress.converters.onnx import CALIBRATION_METHODS
+
+        for p in self.precisions:
+            if p not in PRECISIONS:
+                raise OptionError(f"unknown precision '{p}' (choose from {', '.join(PRECISIONS)})")
+        for f in self.formats:
+            if f not in FORMATS:
+                raise OptionError(f"unknown format '{f}' (choose from {', '.join(FORMATS)})")
+        if not self.formats:
+            raise OptionError("no output format given")
+        if self.calibration_samples < 1 or self.eval_samples < 1:
+            raise OptionError("--calibration-samples and --eval-samples must be at least 1")
+        if self.threads < 1 or self.latency_runs < 1:
+            raise OptionError("--threads and latency runs must be at least 1")
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise OptionError(
+                f"unknown calibration method '{self.calibration_method}' (choose from {', '.join(CALIBRATION_METHODS)})"
+            )
+        lo, hi = self.input_range
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise OptionError(f"--input-range needs two finite numbers LOW < HIGH, got {lo}, {hi}")
+
+
+@dataclass
+class Session:
+    """A model with its data and float reference, ready to build and measure artifacts."""
+
+    model: object
+    options: RunOptions
+    output_dir: Path
+    calibration: CalibrationSet
+    evaluation: CalibrationSet
+    reference: list[np.ndarray]
+    output_range: tuple[float, float]
+    output_range_source: str
+    artifacts: list[dict] = field(default_factory=list)
+    float_sizes: dict = field(default_factory=dict)
+
+    def artifact_path(self, fmt: str, precision: str, tag: str = "") -> Path:
+        return self.output_dir / f"{self.model.stem}{tag}.{precision}{_EXT[fmt]}"
+
+
+def prepare(model, options: RunOptions, output_dir: str | Path) -> Session:
+    """Build calibration and held-out sets and the float reference outputs on the held-out set."""
+    from gencompress.report.metrics import measured_output_range
+
+    calib, held = build_sets(
+        model.inputs,
+        options.calibration,
+        options.calibration_samples,
+        options.eval_samples,
+        options.seed,
+        options.input_range,
+        model.label_ranges,
+    )
+    reference = model.predict(held.arrays)
+    known = model.known_output_range()
+    if known is not None:
+        output_range, source = known, model.output_activation
+    else:
+        output_range, source = measured_output_range(reference), "measured on the evaluation set"
+    return Session(model, options, Path(output_dir), calib, held, reference, output_range, source)
+
+
+def build_artifact(session: Session, fmt: str, precision: str) -> bytes:
+    """The bytes of one artifact: ``fmt`` in (tflite, onnx), ``precision`` in PRECISIONS."""
+    from gencompress.converters.onnx import export_onnx_float, quantize_onnx
+    from gencompress.converters.tflite import convert_tflite
+
+    opts = session.options
+    if fmt == "tflite":
+        return convert_tflite(session.model, precision, session.calibration, int8_io=opts.int8_io)
+    float_bytes = _float_onnx(session, export_onnx_float)
+    if precision == "float32":
+        return float_bytes
+    return quantize_onnx(float_bytes, precision, session.calibration, opts.calibration_method)
+
+
+def _float_onnx(session: Session, export) -> bytes:
+    # Every ONNX precision starts from the same float graph: export it once per session.
+    cached = getattr(session, "_float_onnx_bytes", None)
+    if cached is None:
+        cached = export(session.model)
+        session._float_onnx_bytes = cached
+    return cached
+
+
+def add_artifact(session: Session, fmt: str, precision: str, data: bytes, tag: str = "", notes=()) -> dict:
+    """Write ``data`` atomically as an artifact, measure it and append it to the session."""
+    path = write_bytes_atomic(session.artifact_path(fmt, precision, tag), data)
+    result = evaluate_artifact(session, path, fmt, precision)
+    result["notes"] = list(notes)
+    session.artifacts.append(result)
+    return result
+
+
+def evaluate_artifact(session: Session, path: Path, fmt: str, precision: str) -> dict:
+    """Size, gzip size, latency and fidelity of one artifact file against the float model."""
+    from gencompress.converters.onnx import OnnxRunner
+    from gencompress.converters.tflite import TFLiteRunner
+    from gencompress.report.latency import measure_latency
+    from gencompress.report.metrics import fidelity, sizes
+
+    model = session.model
+    runner_cls = TFLiteRunner if fmt == "tflite" else OnnxRunner
+    runner = runner_cls(
+        str(path), model.input_names, [t.name for t in model.outputs], threads=session.options.threads
+    )
+    outputs = runner.run_all(session.evaluation)
+    size = sizes(path)
+    if precision == "float32":  # the first float32 artifact of a format is the size reference
+        session.float_sizes.setdefault(fmt, size["size_bytes"])
+    float_size = session.float_sizes.get(fmt)
+    return {
+        "path": str(path),
+        "format": fmt,
+        "precision": precision,
+        **size,
+        "size_vs_float": None if not float_size else round(size["size_bytes"] / float_size, 4),
+        "latency_ms": measure_latency(runner, session.evaluation.sample(0), runs=session.options.latency_runs),
+        "fidelity": fidelity(session.reference, outputs, session.output_range),
+        "passed": None,
+    }
+
+
+def run(model, options: RunOptions, output_dir: str | Path, command: str) -> dict:
+    """Build, write and measure the float32 reference and each requested precision, per format.
+
+    Returns the report (also written as report.json / report.md into ``output_dir``).
+    """
+    from gencompress.report.render import write_report
+
+    session = prepare(model, options, output_dir)
+    precisions = ["float32"] + [p for p in options.precisions if p != "float32"]
+    for fmt in options.formats:
+        for precision in precisions:
+            add_artifact(session, fmt, precision, build_artifact(session, fmt, precision))
+    report = make_report(session, command)
+    write_report(report, output_dir)
+    return report
+
+
+def make_report(session: Session, command: str) -> dict:
+    opts = session.options
+    report = {
+        "command": command,
+        "model": {
+            **session.model.to_dict(),
+            "output_range": [float(x) for x in session.output_range],
+            "output_range_source": session.output_range_source,
+        },
+        "evaluation": {**session.evaluation.describe(), "seed": opts.seed},
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()},
+        "artifacts": session.artifacts,
+    }
+    if any(a["precision"] in ("int8", "int16x8") for a in session.artifacts):
+        report["calibration"] = {**session.calibration.describe(), "method": opts.calibration_method, "seed": opts.seed}
+    return report

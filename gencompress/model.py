@@ -286,7 +286,7 @@ def _load_saved_model_dir(p: Path, trust_code: bool, custom_objects: dict) -> Lo
 
 
 def _check_saved_keras_metadata(meta_path: Path, trust_code: bool, custom_objects: dict) -> None:
-    from tf_keras.src.protobuf import saved_metadata_pb2
+    from tf_keras.protobuf import saved_metadata_pb2
 
     meta = saved_metadata_pb2.SavedMetadata()
     try:

@@ -1,0 +1,124 @@
+"""Tiny seeded generators built fresh for the tests (a few thousand parameters each)."""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "sample_models"
+
+
+def build_dcgan(keras):
+    """Dense → BN → LeakyReLU → Reshape → Conv2DTranspose ×2 → tanh, 16×16×1."""
+    keras.utils.set_random_seed(1)
+    z = keras.Input((8,), name="z")
+    x = keras.layers.Dense(4 * 4 * 8, use_bias=False, name="project")(z)
+    x = keras.layers.BatchNormalization(name="bn0")(x)
+    x = keras.layers.LeakyReLU(0.2, name="act0")(x)
+    x = keras.layers.Reshape((4, 4, 8), name="reshape")(x)
+    x = keras.layers.Conv2DTranspose(4, 3, 2, padding="same", name="up1")(x)
+    x = keras.layers.LeakyReLU(0.2, name="act1")(x)
+    out = keras.layers.Conv2DTranspose(1, 3, 2, padding="same", activation="tanh", name="image")(x)
+    model = keras.Model(z, out, name="tiny_dcgan")
+    _randomize_bn(model, keras)
+    return model
+
+
+def build_conditional(keras):
+    """Noise + int label (Embedding) → Dense → UpSampling2D (nearest, bilinear) → sigmoid, 8×8×1."""
+    keras.utils.set_random_seed(2)
+    z = keras.Input((4,), name="z")
+    label = keras.Input((1,), dtype="int32", name="label")
+    e = keras.layers.Flatten(name="label_flat")(keras.layers.Embedding(5, 3, name="label_embed")(label))
+    x = keras.layers.Concatenate(name="concat")([z, e])
+    x = keras.layers.Dense(2 * 2 * 6, activation="relu", name="project")(x)
+    x = keras.layers.Reshape((2, 2, 6), name="reshape")(x)
+    x = keras.layers.UpSampling2D(2, name="up_nearest")(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1")(x)
+    x = keras.layers.UpSampling2D(2, interpolation="bilinear", name="up_bilinear")(x)
+    out = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid", name="image")(x)
+    return keras.Model([z, label], out, name="tiny_conditional")
+
+
+def build_image_to_image(keras):
+    """Image in → Conv/PReLU → UpSampling2D → linear conv + bilinear skip, 8×8×3 → 16×16×3."""
+    keras.utils.set_random_seed(3)
+    lowres = keras.Input((8, 8, 3), name="lowres")
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv1")(lowres)
+    x = keras.layers.PReLU(shared_axes=[1, 2], name="prelu1")(x)
+    x = keras.layers.UpSampling2D(2, interpolation="bilinear", name="up")(x)
+    x = keras.layers.Conv2D(3, 3, padding="same", name="residual")(x)
+    skip = keras.layers.UpSampling2D(2, interpolation="bilinear", name="skip")(lowres)
+    out = keras.layers.Add(name="highres")([x, skip])
+    return keras.Model(lowres, out, name="tiny_sr")
+
+
+def _randomize_bn(model, keras):
+    # Fresh BatchNorm layers are the identity; give them trained-looking statistics.
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
+                    rng.normal(0, 0.1, beta.shape).astype("float32"),
+                    rng.normal(0, 0.2, mean.shape).astype("float32"),
+                    rng.uniform(0.5, 2.0, var.shape).astype("float32"),
+                ]
+            )
+
+
+@pytest.fixture(scope="session")
+def keras():
+    from gencompress.tfenv import import_keras
+
+    return import_keras()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def dcgan_h5(keras, model_dir):
+    path = model_dir / "dcgan.h5"
+    build_dcgan(keras).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def conditional_h5(keras, model_dir):
+    path = model_dir / "conditional.h5"
+    build_conditional(keras).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def i2i_keras(keras, model_dir):
+    path = model_dir / "sr.keras"
+    build_image_to_image(keras).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def dcgan(dcgan_h5):
+    from gencompress.model import load_model
+
+    return load_model(dcgan_h5)
+
+
+@pytest.fixture(scope="session")
+def conditional(conditional_h5):
+    from gencompress.model import load_model
+
+    return load_model(conditional_h5)

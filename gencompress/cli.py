@@ -6,7 +6,6 @@ Nothing heavy is imported here at module level: ``gencompress --help`` must not 
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 
 import click
@@ -71,7 +70,18 @@ def run_options(f):
     return f
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Turns user errors (``GencompressError``) into one line on stderr and their exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except GencompressError as exc:
+            click.echo(f"gencompress: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="gencompress")
 def cli():
     """Compress Keras generators and export them to TFLite and ONNX, measured against the float model.
@@ -146,15 +156,5 @@ def inspect(model, output_dir, trust_code, custom_objects, no_int8_check):
 
 
 def main(argv=None):
-    """Console entry point: user errors become one line on stderr and their exit code."""
-    try:
-        cli.main(args=argv, prog_name="gencompress", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("gencompress: aborted", err=True)
-        sys.exit(1)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except GencompressError as exc:
-        click.echo(f"gencompress: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+    """Console entry point."""
+    cli.main(args=argv, prog_name="gencompress")

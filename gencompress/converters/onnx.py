@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -36,7 +37,43 @@ def export_onnx_float(model) -> bytes:
             proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=OPSET)
     except Exception as exc:  # tf2onnx raises plain Exceptions for unsupported ops
         raise ConversionError(f"ONNX export (tf2onnx) failed: {str(exc).splitlines()[0][:400]}") from exc
-    return proto.SerializeToString()
+    return canonical_names(proto).SerializeToString()
+
+
+_GENERATED = re.compile(r"^(.*__)(\d+)(:\d+)?$")
+
+
+def canonical_names(proto):
+    """Renumber the ``name__N`` names tf2onnx generates, in order of appearance.
+
+    tf2onnx draws N from a process-wide counter that TensorFlow's per-trace graph names also bump,
+    so the same model exported twice in one process gets different names (and bytes). Renumbering
+    makes the same command give the same file.
+    """
+    graph = proto.graph
+    mapping: dict[str, str] = {}
+
+    def rename(name: str) -> str:
+        m = _GENERATED.match(name)
+        if not m:
+            return name
+        key = m.group(1) + m.group(2)  # "x__7" and its tensor "x__7:0" share one number
+        if key not in mapping:
+            mapping[key] = f"{m.group(1)}{len(mapping) + 1}"
+        return mapping[key] + (m.group(3) or "")
+
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        value.name = rename(value.name)
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = rename(dim.dim_param)
+    for init in graph.initializer:
+        init.name = rename(init.name)
+    for node in graph.node:
+        node.name = rename(node.name)
+        node.input[:] = [rename(n) for n in node.input]
+        node.output[:] = [rename(n) for n in node.output]
+    return proto
 
 
 def quantize_onnx(

@@ -12,9 +12,10 @@ Config translation is generic: every Keras 3 layer config is mapped onto the
 serialized objects (initializers, regularizers, constraints, dtype policies,
 wrapped layers) are rebuilt with their tf-keras counterparts.  Keys that
 tf-keras does not know are dropped only when their value cannot change what the
-layer computes (``None``, the Keras 3 default, or a training-only seed);
-anything else is refused with an ``UnsupportedModelError`` naming the layer.
-The final output comparison is the safety net for everything else.
+layer computes (``None`` or ``False``, i.e. a Keras 3 feature switched off; the
+Keras 3 default; a training-only seed); anything else is refused with an
+``UnsupportedModelError`` naming the layer.  The final output comparison is the
+safety net for everything else.
 
 Importing this module is cheap: TensorFlow, Keras 3 and tf-keras are imported
 inside the functions that need them.
@@ -51,8 +52,10 @@ _RENAMES: dict[str, dict[str, str]] = {
     "LeakyReLU": {"negative_slope": "alpha"},
 }
 
-# Keys dropped whatever their value: they only affect training-time randomness.
-_DROP_ALWAYS = frozenset({"seed"})
+# Keys dropped whatever their value.  ``seed`` only affects training-time
+# randomness; ``zero_output_for_mask`` is set by Keras 3 on the layers inside
+# Bidirectional, and tf-keras' Bidirectional sets it on its copies itself.
+_DROP_ALWAYS = frozenset({"seed", "zero_output_for_mask"})
 
 # Keyword arguments that tf-keras' base Layer accepts through **kwargs.
 _TFK_LAYER_KWARGS = frozenset(
@@ -269,11 +272,16 @@ def _find_code(obj: Any, layer: tuple[str, str] | None = None, key: Any = None) 
             if cls == "function" or module == "builtins":
                 fn = cfg if isinstance(cfg, str) else obj.get("registered_name")
                 return _describe(layer, key, f"custom function '{fn}'")
-            return here if here is not layer else _describe(layer, key, f"custom {cls}")
+            if here is not layer:  # a custom layer (or model) class
+                return here
+            if layer is None:  # the root object: a subclassed model
+                return (str(obj.get("name") or (cfg.get("name") if isinstance(cfg, dict) else None) or "?"), cls)
+            return _describe(layer, key, f"custom {cls}")
         if cls in _CODE_LAYERS and _is_layer_module(module, cls):
             return here
         for k, v in obj.items():  # nested layers, wrapped layers, initializers, ...
-            if k not in ("class_name", "module", "registered_name", "inbound_nodes"):
+            # compile_config (losses, metrics, optimizer) is never deserialized: we load with compile=False.
+            if k not in ("class_name", "module", "registered_name", "inbound_nodes", "compile_config"):
                 hit = _find_code(v, here, k)
                 if hit:
                     return hit
@@ -512,7 +520,8 @@ def _k3_default(k3_cls, key: str) -> Any:
 
 
 def _harmless_drop(key: str, value: Any, k3_cls) -> bool:
-    if value is None or key in _DROP_ALWAYS:
+    # None / False mean "Keras 3 feature switched off" (quantization_config, rms_scaling, renorm, ...).
+    if value is None or value is False or key in _DROP_ALWAYS:
         return True
     if key == "data_format" and value == "channels_last":
         return True  # tf-keras' default data format
@@ -536,6 +545,8 @@ def _make_tfk_layer(cls: str, config: dict, k3_cls, tf_keras, name: str | None =
     accepted = _accepted_kwargs(tfk_cls)
     kwargs: dict[str, Any] = {}
     for key, value in config.items():
+        if key == "seed" and not (value is None or isinstance(value, int)):
+            continue  # a serialized Keras 3 SeedGenerator: training-time randomness only
         if key not in accepted:
             if _harmless_drop(key, value, k3_cls):
                 log.debug("layer %r (%s): dropping Keras 3 option %s=%r", name, cls, key, value)
@@ -615,8 +626,10 @@ def _translate_object(key: Any, obj: dict, ctx: tuple[str, str], tf_keras) -> An
         act = cfg if isinstance(cfg, str) else cls
         return _translate_activation(act, ctx, tf_keras)
     if module.startswith("keras.layers") or module.startswith("keras.src.layers"):
-        inner = _make_tfk_layer(cls, cfg, None, tf_keras)  # wrapped layer, e.g. Bidirectional(LSTM)
-        return inner
+        import keras
+
+        # A wrapped layer, e.g. the LSTM inside Bidirectional.
+        return _make_tfk_layer(cls, cfg, getattr(keras.layers, cls, None), tf_keras)
     namespace = _OBJECT_MODULES.get(module)
     if namespace is None and isinstance(key, str):
         for suffix in ("initializer", "regularizer", "constraint"):
@@ -690,13 +703,7 @@ def _copy_weights(k3_layer, tfk_layer, keras) -> None:
 
 def _input_specs(model) -> list[tuple[str, tuple, str]]:
     """(input layer name, shape, dtype name) for each model input, in ``model.inputs`` order."""
-    specs = []
-    for t in model.inputs:
-        hist = getattr(t, "_keras_history", None)
-        op = getattr(hist, "operation", None) if hist is not None else None
-        name = getattr(op, "name", None) or t.name
-        specs.append((name, tuple(t.shape), str(getattr(t.dtype, "name", t.dtype))))
-    return specs
+    return [(_tensor_layer_name(t), tuple(t.shape), str(getattr(t.dtype, "name", t.dtype))) for t in model.inputs]
 
 
 def _int_highs(model) -> dict[str, int]:
@@ -755,11 +762,14 @@ def _random_inputs(model, seed: int = 0, batch: int = 2):
     struct = getattr(model, "_inputs_struct", None)
     if isinstance(struct, dict):
         by_name = dict(zip([s[0] for s in _input_specs(model)], arrays))
-        return {k: by_name[_input_specs_name(v)] for k, v in struct.items()}
-    return arrays[0] if len(arrays) == 1 else arrays
+        return {k: by_name[_tensor_layer_name(v)] for k, v in struct.items()}
+    if isinstance(struct, (list, tuple)) or len(arrays) > 1:
+        return arrays
+    return arrays[0]
 
 
-def _input_specs_name(t) -> str:
+def _tensor_layer_name(t) -> str:
+    """Name of the layer that produced a Keras 3 symbolic tensor (for inputs: the input name)."""
     hist = getattr(t, "_keras_history", None)
     op = getattr(hist, "operation", None) if hist is not None else None
     return getattr(op, "name", None) or t.name
@@ -796,6 +806,8 @@ def _max_abs_error_on(k3_model, tfk_model, inputs) -> float:
 
 def _locate_mismatch(k3_model, tfk_model, inputs, atol, keras, tf_keras) -> str | None:
     """Name of the first layer (in config order) whose output differs, or None if it cannot be told."""
+    import numpy as np
+
     try:
         candidates = []
         for layer in k3_model.layers:
@@ -807,8 +819,12 @@ def _locate_mismatch(k3_model, tfk_model, inputs, atol, keras, tf_keras) -> str 
                 continue
         if not candidates:
             return None
-        k3_probe = keras.Model(k3_model.inputs, [l.output for l, _ in candidates])
-        tfk_probe = tf_keras.Model(tfk_model.inputs, [t.output for _, t in candidates])
+        k3_in = getattr(k3_model, "_inputs_struct", None)
+        if k3_in is None:
+            k3_in = k3_model.inputs if len(k3_model.inputs) > 1 else k3_model.inputs[0]
+        tfk_in = tfk_model.inputs if isinstance(k3_in, (list, tuple)) else tfk_model.input
+        k3_probe = keras.Model(k3_in, [l.output for l, _ in candidates])
+        tfk_probe = tf_keras.Model(tfk_in, [t.output for _, t in candidates])
         y3 = k3_probe(inputs, training=False)
         y2 = tfk_probe(inputs, training=False)
         if len(candidates) == 1:
@@ -816,8 +832,6 @@ def _locate_mismatch(k3_model, tfk_model, inputs, atol, keras, tf_keras) -> str 
         for (layer, _), a, b in zip(candidates, y3, y2):
             fa, fb = _flat_numpy(a), _flat_numpy(b)
             for xa, xb in zip(fa, fb):
-                import numpy as np
-
                 if xa.shape != xb.shape or not float(np.max(np.abs(xa - xb), initial=0.0)) <= atol:
                     return f"'{layer.name}' ({type(layer).__name__})"
     except Exception as exc:  # noqa: BLE001 - diagnosis is best effort

@@ -17,7 +17,12 @@ def _prepare_environment():
 
 def import_tf():
     """Return the ``tensorflow`` module, configured for tf-keras and quiet logs."""
+    import sys
+
     _prepare_environment()
+    if "tensorflow" not in sys.modules:
+        with native_output_captured():  # absl/CUDA start-up lines on a machine without a GPU
+            import tensorflow
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
@@ -30,3 +35,44 @@ def import_keras():
     import tf_keras
 
     return tf_keras
+
+
+class native_output_captured:
+    """Capture what native code (TFLite converter, tf2onnx, onnxruntime) prints to fd 1 and 2.
+
+    Converters print progress lines straight to the file descriptors, past Python's ``sys.stderr``;
+    a CLI run should show the table, not that. The captured text is kept in ``.text`` so a
+    failure can still say what the converter said.
+    """
+
+    def __enter__(self):
+        import sys
+        import tempfile
+        import warnings
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._file = tempfile.TemporaryFile(mode="w+b")
+        self._saved = [os.dup(1), os.dup(2)]
+        os.dup2(self._file.fileno(), 1)
+        os.dup2(self._file.fileno(), 2)
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore")
+        self.text = ""
+        return self
+
+    def __exit__(self, *exc):
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self._saved[0], 1)
+        os.dup2(self._saved[1], 2)
+        for fd in self._saved:
+            os.close(fd)
+        self._warnings.__exit__(*exc)
+        self._file.seek(0)
+        self.text = self._file.read().decode(errors="replace")
+        self._file.close()
+        return False

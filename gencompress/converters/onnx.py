@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from gencompress.errors import ConversionError
-from gencompress.tfenv import import_tf
+from gencompress.tfenv import import_tf, native_output_captured
 
 OPSET = 17
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -23,21 +23,27 @@ def export_onnx_float(model) -> bytes:
 
     spec = [tf.TensorSpec(t.shape, tf.as_dtype(t.dtype), name=t.name) for t in model.inputs]
     try:
-        if model.keras_model is not None:
-            proto, _ = tf2onnx.convert.from_keras(model.keras_model, input_signature=spec, opset=OPSET)
-        else:
-            names = [t.name for t in model.inputs]
-            signature = model.signature
-
-            @tf.function(input_signature=spec)
-            def serve(*args):
-                out = signature(**dict(zip(names, args)))
-                return [out[t.name] for t in model.outputs]
-
-            proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=OPSET)
+        with native_output_captured():
+            proto = _tf2onnx_convert(tf, tf2onnx, model, spec)
     except Exception as exc:  # tf2onnx raises plain Exceptions for unsupported ops
         raise ConversionError(f"ONNX export (tf2onnx) failed: {str(exc).splitlines()[0][:400]}") from exc
     return canonical_names(proto).SerializeToString()
+
+
+def _tf2onnx_convert(tf, tf2onnx, model, spec):
+    if model.keras_model is not None:
+        proto, _ = tf2onnx.convert.from_keras(model.keras_model, input_signature=spec, opset=OPSET)
+        return proto
+    names = [t.name for t in model.inputs]
+    signature = model.signature
+
+    @tf.function(input_signature=spec)
+    def serve(*args):
+        out = signature(**dict(zip(names, args)))
+        return [out[t.name] for t in model.outputs]
+
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=OPSET)
+    return proto
 
 
 _GENERATED = re.compile(r"^(.*__)(\d+)(:\d+)?$")
@@ -105,39 +111,40 @@ def quantize_onnx(
         src, pre, out = (os.path.join(tmp, n) for n in ("float.onnx", "pre.onnx", "out.onnx"))
         Path(src).write_bytes(float_model)
         try:
-            quant_pre_process(src, pre, skip_symbolic_shape=True)
-            if precision == "dynamic":
-                quantize_dynamic(pre, out, weight_type=QuantType.QInt8, per_channel=True)
-            elif precision in ("int8", "int16x8"):
-                if calibration is None:
-                    raise ValueError(f"{precision} needs a calibration set")
+            with native_output_captured():
+                quant_pre_process(src, pre, skip_symbolic_shape=True)
+                if precision == "dynamic":
+                    quantize_dynamic(pre, out, weight_type=QuantType.QInt8, per_channel=True)
+                elif precision in ("int8", "int16x8"):
+                    if calibration is None:
+                        raise ValueError(f"{precision} needs a calibration set")
 
-                class Reader(CalibrationDataReader):
-                    def __init__(self):
-                        self._it = iter(calibration.samples())
+                    class Reader(CalibrationDataReader):
+                        def __init__(self):
+                            self._it = iter(calibration.samples())
 
-                    def get_next(self):
-                        return next(self._it, None)
+                        def get_next(self):
+                            return next(self._it, None)
 
-                method = {
-                    "minmax": CalibrationMethod.MinMax,
-                    "percentile": CalibrationMethod.Percentile,
-                    "entropy": CalibrationMethod.Entropy,
-                }[calibration_method]
-                quantize_static(
-                    pre,
-                    out,
-                    Reader(),
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=True,
-                    activation_type=QuantType.QInt8 if precision == "int8" else QuantType.QInt16,
-                    weight_type=QuantType.QInt8,
-                    calibrate_method=method,
-                    nodes_to_exclude=nodes_to_exclude or [],
-                    extra_options={"CalibTensorRangeSymmetric": False},
-                )
-            else:
-                raise ValueError(f"unknown precision {precision}")
+                    method = {
+                        "minmax": CalibrationMethod.MinMax,
+                        "percentile": CalibrationMethod.Percentile,
+                        "entropy": CalibrationMethod.Entropy,
+                    }[calibration_method]
+                    quantize_static(
+                        pre,
+                        out,
+                        Reader(),
+                        quant_format=QuantFormat.QDQ,
+                        per_channel=True,
+                        activation_type=QuantType.QInt8 if precision == "int8" else QuantType.QInt16,
+                        weight_type=QuantType.QInt8,
+                        calibrate_method=method,
+                        nodes_to_exclude=nodes_to_exclude or [],
+                        extra_options={"CalibTensorRangeSymmetric": False},
+                    )
+                else:
+                    raise ValueError(f"unknown precision {precision}")
         except (ValueError, RuntimeError, KeyError) as exc:
             raise ConversionError(f"ONNX {precision} quantization failed: {str(exc).splitlines()[0][:400]}") from exc
         return Path(out).read_bytes()

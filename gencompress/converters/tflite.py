@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from gencompress.errors import ConversionError
-from gencompress.tfenv import import_tf
+from gencompress.tfenv import import_tf, native_output_captured
 
 
 def convert_tflite(model, precision: str, calibration=None, int8_io: bool = False) -> bytes:
@@ -41,7 +41,8 @@ def convert_tflite(model, precision: str, calibration=None, int8_io: bool = Fals
     elif precision != "float32":
         raise ValueError(f"unknown precision {precision}")
     try:
-        return bytes(converter.convert())
+        with native_output_captured():
+            return bytes(converter.convert())
     except Exception as exc:  # the converter raises ConverterError, RuntimeError, ValueError...
         raise ConversionError(f"TFLite {precision} conversion failed: {_summary(exc)}") from exc
 
@@ -82,8 +83,9 @@ class TFLiteRunner:
         from ai_edge_litert.interpreter import Interpreter
 
         try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
-            self.interpreter.allocate_tensors()
+            with native_output_captured():  # "Created TensorFlow Lite XNNPACK delegate"
+                self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+                self.interpreter.allocate_tensors()
             runner = self.interpreter.get_signature_runner()
         except (ValueError, RuntimeError) as exc:
             raise ConversionError(f"LiteRT cannot load {path}: {_summary(exc)}") from exc

@@ -73,8 +73,11 @@ class Session:
     output_range_source: str
     artifacts: list[dict] = field(default_factory=list)
     float_sizes: dict = field(default_factory=dict)
+    onnx_exports: dict = field(default_factory=dict, repr=False)
 
     def artifact_path(self, fmt: str, precision: str, tag: str = "") -> Path:
+        """``<stem>[-tag].<precision>.<ext>``, e.g. ``dcgan-pruned.int8.tflite``."""
+        tag = f"-{tag}" if tag else ""
         return self.output_dir / f"{self.model.stem}{tag}.{precision}{_EXT[fmt]}"
 
 
@@ -100,33 +103,42 @@ def prepare(model, options: RunOptions, output_dir: str | Path) -> Session:
     return Session(model, options, Path(output_dir), calib, held, reference, output_range, source)
 
 
-def build_artifact(session: Session, fmt: str, precision: str) -> bytes:
-    """The bytes of one artifact: ``fmt`` in (tflite, onnx), ``precision`` in PRECISIONS."""
+def build_artifact(session: Session, fmt: str, precision: str, model=None) -> bytes:
+    """The bytes of one artifact: ``fmt`` in (tflite, onnx), ``precision`` in PRECISIONS.
+
+    ``model`` converts a derived model (pruned, fine-tuned, a student) instead of the session's;
+    it is still measured against the session's original float model.
+    """
     from gencompress.converters.onnx import export_onnx_float, quantize_onnx
     from gencompress.converters.tflite import convert_tflite
 
     opts = session.options
+    model = model if model is not None else session.model
     if fmt == "tflite":
-        return convert_tflite(session.model, precision, session.calibration, int8_io=opts.int8_io)
-    float_bytes = _float_onnx(session, export_onnx_float)
+        return convert_tflite(model, precision, session.calibration, int8_io=opts.int8_io)
+    float_bytes = float_onnx(session, model)
     if precision == "float32":
         return float_bytes
     return quantize_onnx(float_bytes, precision, session.calibration, opts.calibration_method)
 
 
-def _float_onnx(session: Session, export) -> bytes:
-    # Every ONNX precision starts from the same float graph: export it once per session.
-    cached = getattr(session, "_float_onnx_bytes", None)
-    if cached is None:
-        cached = export(session.model)
-        session._float_onnx_bytes = cached
-    return cached
+def float_onnx(session: Session, model=None) -> bytes:
+    """The float ONNX graph of ``model`` (default: the session's), exported once per model."""
+    from gencompress.converters.onnx import export_onnx_float
+
+    model = model if model is not None else session.model
+    cache = session.onnx_exports
+    if id(model) not in cache:
+        cache[id(model)] = (model, export_onnx_float(model))  # holding the model keeps its id unique
+    return cache[id(model)][1]
 
 
 def add_artifact(session: Session, fmt: str, precision: str, data: bytes, tag: str = "", notes=()) -> dict:
     """Write ``data`` atomically as an artifact, measure it and append it to the session."""
     path = write_bytes_atomic(session.artifact_path(fmt, precision, tag), data)
     result = evaluate_artifact(session, path, fmt, precision)
+    if tag:
+        result["variant"] = tag
     result["notes"] = list(notes)
     session.artifacts.append(result)
     return result
@@ -146,7 +158,7 @@ def evaluate_artifact(session: Session, path: Path, fmt: str, precision: str) ->
     )
     outputs = runner.run_all(session.evaluation)
     size = sizes(path)
-    if precision == "float32":  # the first float32 artifact of a format is the size reference
+    if precision == "float32":  # the first float32 artifact of a format (the original) is the size reference
         session.float_sizes.setdefault(fmt, size["size_bytes"])
     float_size = session.float_sizes.get(fmt)
     return {

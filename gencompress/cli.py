@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from gencompress.errors import GencompressError
+from gencompress.errors import ConversionError, GencompressError
 
 ALL_MODES = ("float16", "dynamic", "int8", "int16x8")
 
@@ -134,6 +134,9 @@ def _run_command(command, model_path, output_dir, trust_code, custom_objects, **
     report = run(model, options, out, command)
     click.echo(terminal_table(report))
     click.echo(f"\nreport: {out / 'report.json'}, {out / 'report.md'}")
+    if report["failures"]:
+        failed = "; ".join(f"{f['format']} {f['precision']}: {f['error']}" for f in report["failures"])
+        raise ConversionError(f"{len(report['failures'])} artifact(s) failed: {failed}")
     return report
 
 

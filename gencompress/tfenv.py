@@ -23,6 +23,8 @@ def import_tf():
     if "tensorflow" not in sys.modules:
         with native_output_captured():  # absl/CUDA start-up lines on a machine without a GPU
             import tensorflow
+
+            tensorflow.config.list_physical_devices()  # the CUDA probe prints when first asked
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")

@@ -14,7 +14,7 @@ import numpy as np
 from gencompress.artifacts import write_bytes_atomic
 from gencompress.calibration import CalibrationSet, build_sets
 from gencompress.converters import FORMATS, PRECISIONS
-from gencompress.errors import OptionError
+from gencompress.errors import ConversionError, OptionError
 
 _EXT = {"tflite": ".tflite", "onnx": ".onnx"}
 
@@ -72,6 +72,7 @@ class Session:
     output_range: tuple[float, float]
     output_range_source: str
     artifacts: list[dict] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
     float_sizes: dict = field(default_factory=dict)
     onnx_exports: dict = field(default_factory=dict, repr=False)
 
@@ -184,7 +185,14 @@ def run(model, options: RunOptions, output_dir: str | Path, command: str) -> dic
     precisions = ["float32"] + [p for p in options.precisions if p != "float32"]
     for fmt in options.formats:
         for precision in precisions:
-            add_artifact(session, fmt, precision, build_artifact(session, fmt, precision))
+            try:
+                add_artifact(session, fmt, precision, build_artifact(session, fmt, precision))
+            except ConversionError as exc:
+                if precision == "float32":
+                    raise  # no reference: nothing else can be measured
+                # One precision a converter cannot do (say, no 16x8 kernel for PReLU) must not
+                # cost the user the others: record it, go on, and fail the run at the end.
+                session.failures.append({"format": fmt, "precision": precision, "error": str(exc)})
     report = make_report(session, command)
     write_report(report, output_dir)
     return report
@@ -202,6 +210,7 @@ def make_report(session: Session, command: str) -> dict:
         "evaluation": {**session.evaluation.describe(), "seed": opts.seed},
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()},
         "artifacts": session.artifacts,
+        "failures": session.failures,
     }
     if any(a["precision"] in ("int8", "int16x8") for a in session.artifacts):
         report["calibration"] = {**session.calibration.describe(), "method": opts.calibration_method, "seed": opts.seed}

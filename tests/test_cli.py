@@ -115,3 +115,16 @@ def test_bad_input_one_line_exit_2(dcgan_h5, tmp_path, args, message):
     error_lines = [ln for ln in result.stderr.splitlines() if "rror" in ln]
     assert len(error_lines) == 1, result.stderr
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_one_failing_precision_keeps_the_others(i2i_keras, tmp_path):
+    # TFLite has no int16x8 kernel for PReLU: that artifact fails, the others are still built.
+    args = ["quantize", str(i2i_keras), "-o", str(tmp_path), "--mode", "int8,int16x8", "--format", "tflite", *FAST]
+    result = subprocess.run([sys.executable, "-m", "gencompress", *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 4, result.stderr
+    assert "tflite int16x8" in result.stderr and "PRELU" in result.stderr and "Traceback" not in result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [a["precision"] for a in report["artifacts"]] == ["float32", "int8"]
+    assert report["failures"][0]["precision"] == "int16x8"
+    assert not (tmp_path / "sr.int16x8.tflite").exists()
+    assert report["model"]["output_range_source"] == "measured on the evaluation set"

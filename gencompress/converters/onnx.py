@@ -103,7 +103,10 @@ def quantize_onnx(
         quantize_dynamic,
         quantize_static,
     )
+    from onnxruntime import set_default_logger_severity
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    set_default_logger_severity(3)
 
     if precision == "float16":
         return _to_float16(float_model)
@@ -168,6 +171,7 @@ class OnnxRunner:
     def __init__(self, path: str, input_names: list[str], output_names: list[str], threads: int = 1):
         import onnxruntime as ort
 
+        ort.set_default_logger_severity(3)  # deprecation chatter from the global logger
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

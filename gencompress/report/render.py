@@ -67,6 +67,7 @@ def markdown(report: dict) -> str:
     lines += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(r) + " |" for r in _rows(report)]
     notes = [f"- `{Path(a['path']).name}`: {n}" for a in report["artifacts"] for n in a.get("notes", [])]
+    notes += [f"- {f['format']} {f['precision']} FAILED: {f['error']}" for f in report.get("failures", [])]
     if notes:
         lines += ["", "## Notes", ""] + notes
     lines += [

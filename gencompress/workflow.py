@@ -34,6 +34,7 @@ class RunOptions:
     int8_io: bool = False
     threads: int = 1
     latency_runs: int = 50
+    min_psnr: float = 0.0
 
     def __post_init__(self):
         from gencompress.converters.onnx import CALIBRATION_METHODS
@@ -48,6 +49,8 @@ class RunOptions:
             raise OptionError("no output format given")
         if self.calibration_samples < 1 or self.eval_samples < 1:
             raise OptionError("--calibration-samples and --eval-samples must be at least 1")
+        if not (np.isfinite(self.min_psnr) and self.min_psnr >= 0):
+            raise OptionError(f"--min-psnr must be a number of dB >= 0 (0 turns the guard off), got {self.min_psnr}")
         if self.threads < 1 or self.latency_runs < 1:
             raise OptionError("--threads and latency runs must be at least 1")
         if self.calibration_method not in CALIBRATION_METHODS:
@@ -174,7 +177,63 @@ def evaluate_artifact(session: Session, path: Path, fmt: str, precision: str) ->
     }
 
 
-def run(model, options: RunOptions, output_dir: str | Path, command: str) -> dict:
+def add_guarded_int8(session: Session, fmt: str, log=lambda msg: None) -> dict:
+    """The smallest int8-or-better artifact meeting ``--min-psnr``, with the search in the report."""
+    from gencompress.compress.fallback import search
+
+    opts = session.options
+    float_p50 = next(
+        a["latency_ms"]["p50"] for a in session.artifacts if a["format"] == fmt and a["precision"] == "float32"
+    )
+    chosen, attempts, ranking = search(session, fmt, opts.min_psnr, float_p50, log)
+    notes = []
+    if chosen.label != "int8":
+        notes.append(f"chosen by the fidelity search: {chosen.label}")
+    if chosen.slower_than_float:
+        notes.append(
+            f"slower than float ({chosen.p50_ms:.3f} vs {float_p50:.3f} ms p50): it is the smallest "
+            f"artifact that met {opts.min_psnr:g} dB"
+        )
+    result = add_artifact(session, fmt, chosen.precision, chosen.data, notes=notes)
+    plain = next(a for a in attempts if a.label == "int8") if attempts[0].label == "int8" else attempts[0]
+    result["fallback"] = {
+        "target_psnr_db": opts.min_psnr,
+        "chosen": chosen.label,
+        "float_layers": [u.label for u in chosen.float_units],
+        "size_cost_bytes": chosen.size_bytes - plain.size_bytes,
+        "latency_cost_ms": round(chosen.p50_ms - plain.p50_ms, 4),
+        "attempts": [a.summary() for a in attempts],
+        "most_harmful_units": [
+            {"label": r["unit"].label, "op": r["unit"].op, "all_but_psnr_db": r["all_but_psnr_db"]} for r in ranking
+        ],
+    }
+    return result
+
+
+def _grade(session: Session) -> None:
+    target = session.options.min_psnr
+    for a in session.artifacts:
+        psnr = a["fidelity"]["psnr_db"]
+        a["passed"] = None if target <= 0 else bool(psnr is not None and psnr >= target)
+
+
+def fidelity_failures(report: dict) -> list[str]:
+    """One sentence per artifact that missed ``--min-psnr``: best PSNR and the layers responsible."""
+    lines = []
+    for a in report["artifacts"]:
+        if a.get("passed") is not False:
+            continue
+        fb = a.get("fallback", {})
+        culprits = [u["label"] for u in fb.get("most_harmful_units", [])[:3]]
+        lines.append(
+            f"{a['format']} {a['precision']} reached {a['fidelity']['psnr_db']} dB, below --min-psnr "
+            f"{report['settings']['min_psnr']:g}"
+            + (f" (best of {len(fb['attempts'])} tries; most sensitive: {', '.join(culprits)})" if fb else "")
+        )
+    return lines
+
+
+def run(model, options: RunOptions, output_dir: str | Path, command: str, log=lambda msg: None) -> dict:
     """Build, write and measure the float32 reference and each requested precision, per format.
 
     Returns the report (also written as report.json / report.md into ``output_dir``).
@@ -186,13 +245,17 @@ def run(model, options: RunOptions, output_dir: str | Path, command: str) -> dic
     for fmt in options.formats:
         for precision in precisions:
             try:
-                add_artifact(session, fmt, precision, build_artifact(session, fmt, precision))
+                if precision == "int8" and options.min_psnr > 0:
+                    add_guarded_int8(session, fmt, log)
+                else:
+                    add_artifact(session, fmt, precision, build_artifact(session, fmt, precision))
             except ConversionError as exc:
                 if precision == "float32":
                     raise  # no reference: nothing else can be measured
                 # One precision a converter cannot do (say, no 16x8 kernel for PReLU) must not
                 # cost the user the others: record it, go on, and fail the run at the end.
                 session.failures.append({"format": fmt, "precision": precision, "error": str(exc)})
+    _grade(session)
     report = make_report(session, command)
     write_report(report, output_dir)
     return report
@@ -214,4 +277,16 @@ def make_report(session: Session, command: str) -> dict:
     }
     if any(a["precision"] in ("int8", "int16x8") for a in session.artifacts):
         report["calibration"] = {**session.calibration.describe(), "method": opts.calibration_method, "seed": opts.seed}
+    return report
+
+
+def analyze(model, options: RunOptions, output_dir: str | Path) -> dict:
+    """Per-layer int8 sensitivity for each format, written as a report with a ``sensitivity`` key."""
+    from gencompress.compress.fallback import sensitivity
+    from gencompress.report.render import write_report
+
+    session = prepare(model, options, output_dir)
+    report = make_report(session, "analyze")
+    report["sensitivity"] = {fmt: sensitivity(session, fmt) for fmt in options.formats}
+    write_report(report, output_dir)
     return report

@@ -66,6 +66,8 @@ def markdown(report: dict) -> str:
         lines.append(f"- calibration: {c['samples']} samples from {c['source']}, method {c['method']}")
     lines += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(r) + " |" for r in _rows(report)]
+    if "sensitivity" in report:
+        lines += ["", sensitivity_table(report, markdown=True)]
     notes = [f"- `{Path(a['path']).name}`: {n}" for a in report["artifacts"] for n in a.get("notes", [])]
     notes += [f"- {f['format']} {f['precision']} FAILED: {f['error']}" for f in report.get("failures", [])]
     if notes:
@@ -86,3 +88,37 @@ def _kib(n: int) -> str:
 
 def _psnr(x) -> str:
     return "NaN" if x is None else f"{x:.2f}"
+
+
+SENSITIVITY_HEADER = ["format", "unit (layer, op)", "only this int8", "all but this int8", "RMSE/scale"]
+
+
+def sensitivity_table(report: dict, markdown: bool = False) -> str:
+    """Units ranked most sensitive first: PSNR (dB) with only that unit quantized, and with all but it."""
+    rows = []
+    for fmt, sens in report["sensitivity"].items():
+        for u in sens["units"]:
+            rows.append(
+                [
+                    fmt,
+                    u["label"],
+                    _opt(u["only_quantized_psnr_db"]),
+                    _opt(u["all_but_psnr_db"]),
+                    _opt(u.get("rmse_over_scale"), "{:.3f}"),
+                ]
+            )
+        rows.append([fmt, "(everything int8)", _opt(sens["int8_psnr_db"]), "", ""])
+    notes = [n for sens in report["sensitivity"].values() for n in sens.get("notes", [])]
+    if markdown:
+        out = ["## Sensitivity", "", "| " + " | ".join(SENSITIVITY_HEADER) + " |", "|" + "---|" * len(SENSITIVITY_HEADER)]
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(out + [""] + [f"- {n}" for n in notes])
+    table = [SENSITIVITY_HEADER] + rows
+    widths = [max(len(r[i]) for r in table) for i in range(len(SENSITIVITY_HEADER))]
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines + [f"note: {n}" for n in notes])
+
+
+def _opt(x, fmt="{:.2f}") -> str:
+    return "-" if x is None else fmt.format(x)

@@ -1,0 +1,285 @@
+"""Sensitivity analysis, and the search for the smallest quantized artifact that meets a PSNR target.
+
+Search order:
+1. plain int8 variants (TFLite: per-channel and per-tensor dense weights; ONNX: the requested
+   calibration, then percentile and entropy if it misses);
+2. mixed precision: keep the most harmful units in float, one more at a time, ranked by the PSNR
+   the model reaches when everything *but* that unit is quantized;
+3. weight-only int8 (int8 storage, float compute: often smaller than a mixed model), and if
+   still nothing passes, int16 activations and float16.
+
+Every attempt is built and measured (size, PSNR, latency) for real. The pick is the smallest
+passing attempt; when it is slower than the float artifact, the report and the terminal say so.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gencompress.compress.quantization import (
+    TFLITE_OPS_DENIED_BY_TYPE,
+    TFLiteMixed,
+    Unit,
+    keras_layer_names,
+    onnx_units,
+    onnx_weight_only,
+    tflite_float_ops,
+    tflite_weight_only,
+)
+from gencompress.errors import ConversionError
+
+# Latency noise on sub-millisecond models: "slower than float" means beyond this factor.
+SLOWER_FACTOR = 1.10
+
+
+@dataclass
+class Attempt:
+    label: str
+    precision: str
+    data: bytes = field(repr=False)
+    float_units: list = field(default_factory=list)
+    size_bytes: int = 0
+    psnr_db: float | None = None
+    p50_ms: float = 0.0
+    passed: bool = False
+    slower_than_float: bool = False
+
+    def summary(self) -> dict:
+        return {
+            "label": self.label,
+            "precision": self.precision,
+            "size_bytes": self.size_bytes,
+            "psnr_db": self.psnr_db,
+            "latency_p50_ms": self.p50_ms,
+            "passed": self.passed,
+            "slower_than_float": self.slower_than_float,
+            "float_layers": [u.label for u in self.float_units],
+        }
+
+
+class Measurer:
+    """Builds nothing; measures candidate bytes of one format in its runtime against the float model."""
+
+    def __init__(self, session, fmt: str, min_psnr: float, float_p50: float):
+        self.session, self.fmt, self.min_psnr, self.float_p50 = session, fmt, min_psnr, float_p50
+        self._tmp = tempfile.TemporaryDirectory(prefix="gencompress-search-")
+
+    def __call__(self, label: str, precision: str, data: bytes, float_units=()) -> Attempt:
+        from gencompress.converters.onnx import OnnxRunner
+        from gencompress.converters.tflite import TFLiteRunner
+        from gencompress.report.latency import measure_latency
+        from gencompress.report.metrics import fidelity
+
+        s = self.session
+        path = Path(self._tmp.name) / f"candidate.{self.fmt}"
+        path.write_bytes(data)
+        cls = TFLiteRunner if self.fmt == "tflite" else OnnxRunner
+        runner = cls(str(path), s.model.input_names, [t.name for t in s.model.outputs], threads=s.options.threads)
+        psnr = fidelity(s.reference, runner.run_all(s.evaluation), s.output_range)["psnr_db"]
+        p50 = measure_latency(runner, s.evaluation.sample(0), warmup=5, runs=30, max_seconds=1.0)["p50"]
+        return Attempt(
+            label=label,
+            precision=precision,
+            data=data,
+            float_units=list(float_units),
+            size_bytes=len(data),
+            psnr_db=psnr,
+            p50_ms=p50,
+            passed=psnr is not None and psnr >= self.min_psnr,
+            slower_than_float=p50 > self.float_p50 * SLOWER_FACTOR,
+        )
+
+
+def choose(attempts: list[Attempt]) -> Attempt:
+    """The smallest passing attempt (faster first among equal sizes), else the best PSNR."""
+    passing = [a for a in attempts if a.passed]
+    if passing:
+        return min(passing, key=lambda a: (a.size_bytes, a.p50_ms))
+    return max(attempts, key=lambda a: -1.0 if a.psnr_db is None else a.psnr_db)
+
+
+def search(session, fmt: str, min_psnr: float, float_p50: float, log=lambda msg: None):
+    """Find the smallest artifact of ``fmt`` meeting ``min_psnr``. Returns (chosen, attempts, ranking)."""
+    measure = Measurer(session, fmt, min_psnr, float_p50)
+    attempts: list[Attempt] = []
+    ranking: list[dict] = []
+
+    def settled() -> bool:
+        # Later stages only add size: once something passes, the smallest pass is among these.
+        return any(a.passed for a in attempts)
+
+    def attempt(label, precision, build, float_units=()):
+        try:
+            a = measure(label, precision, build(), float_units)
+        except ConversionError as exc:
+            log(f"  {fmt} {label}: failed ({exc})")
+            return None
+        attempts.append(a)
+        log(f"  {fmt} {label}: {a.psnr_db} dB, {a.size_bytes} bytes, p50 {a.p50_ms:.3f} ms")
+        return a
+
+    if fmt == "tflite":
+        mixed = TFLiteMixed(session.model, session.calibration)
+        from gencompress.converters.tflite import convert_tflite
+
+        int8_io = session.options.int8_io
+        attempt("int8", "int8", lambda: convert_tflite(session.model, "int8", session.calibration, int8_io))
+        if not int8_io:
+            attempt("int8, per-tensor dense weights", "int8", lambda: mixed.build(dense_per_tensor=True))
+        units = mixed.units
+        build_mixed = lambda floats: (lambda: mixed.build(floats, dense_per_tensor=False))  # noqa: E731
+    else:
+        from gencompress.converters.onnx import quantize_onnx
+        from gencompress.workflow import float_onnx
+
+        float_bytes = float_onnx(session)
+        first = session.options.calibration_method
+        by_method = {}
+        for method in [first] + [m for m in ("percentile", "entropy") if m != first]:
+            if settled():
+                break
+            label = "int8" if method == first else f"int8, {method} calibration"
+            by_method[method] = attempt(
+                label, "int8", lambda m=method: quantize_onnx(float_bytes, "int8", session.calibration, m)
+            )
+        units = onnx_units(float_bytes, keras_layer_names(session.model))
+        # Mixed variants start from the calibration that did best on its own.
+        method = max(by_method, key=lambda m: (by_method[m] and by_method[m].psnr_db) or 0.0)
+
+        def build_mixed(floats):
+            names = [u.name for u in floats]
+            return lambda: quantize_onnx(float_bytes, "int8", session.calibration, method, nodes_to_exclude=names)
+
+    if not settled() and units:
+        ranking = rank_units(units, fmt, build_mixed, measure)
+        floats: list[Unit] = []
+        for row in ranking[: max(1, len(units) - 1)]:
+            floats.append(row["unit"])
+            if fmt == "tflite" and row["unit"].op in TFLITE_OPS_DENIED_BY_TYPE:
+                floats = _with_same_type(floats, units, row["unit"].op)
+            a = attempt("mixed: float " + ", ".join(u.label for u in floats), "mixed", build_mixed(list(floats)), floats)
+            if a is not None and fmt == "tflite":
+                a.float_units = tflite_float_ops(a.data, keras_layer_names(session.model))
+            if a is not None and a.passed:
+                break
+
+    if ranking:  # plain int8 missed: weight-only int8 can be smaller than any mixed variant
+        if fmt == "tflite":
+            from gencompress.converters.tflite import convert_tflite
+
+            float_tflite = convert_tflite(session.model, "float32")
+            attempt("weight-only int8", "int8-weights", lambda: tflite_weight_only(float_tflite))
+        else:
+            attempt("weight-only int8", "int8-weights", lambda: onnx_weight_only(float_bytes))
+    if not settled():
+        if fmt == "tflite":
+            attempt("int16 activations", "int16x8", lambda: convert_tflite(session.model, "int16x8", session.calibration))
+            attempt("float16", "float16", lambda: convert_tflite(session.model, "float16"))
+        else:
+            attempt("int16 activations", "int16x8", lambda: quantize_onnx(float_bytes, "int16x8", session.calibration, method))
+            attempt("float16", "float16", lambda: quantize_onnx(float_bytes, "float16"))
+    if not attempts:
+        raise ConversionError(f"no {fmt} quantization could be built")
+    return choose(attempts), attempts, ranking
+
+
+def _with_same_type(floats, units, op):
+    # The TFLite quantizer keeps every op of a denied type in float: say so in the plan.
+    return list(dict.fromkeys(floats + [u for u in units if u.op == op]))
+
+
+def rank_units(units, fmt, build_mixed, measure) -> list[dict]:
+    """Each unit with the PSNR reached when every other unit is quantized, most harmful first."""
+    rows = []
+    for u in units:
+        try:
+            a = measure(u.label, "mixed", build_mixed([u])(), [u])
+            rows.append({"unit": u, "all_but_psnr_db": a.psnr_db})
+        except ConversionError:
+            rows.append({"unit": u, "all_but_psnr_db": None})
+    return sorted(rows, key=lambda r: -(r["all_but_psnr_db"] or 0.0))
+
+
+def sensitivity(session, fmt: str) -> dict:
+    """Per unit: PSNR with only that unit quantized, and with all but that unit quantized.
+
+    For TFLite also the quantization debugger's per-tensor RMSE / scale (0.29 is the error of
+    ideal rounding; much more means the range is a poor fit).
+    """
+    measure = Measurer(session, fmt, min_psnr=0.0, float_p50=float("inf"))
+    notes = []
+    if fmt == "tflite":
+        mixed = TFLiteMixed(session.model, session.calibration)
+        units = mixed.units
+        full = measure("int8", "int8", mixed.build())
+
+        def build(floats):
+            return mixed.build(floats)
+
+        stats = _debugger_stats(session)
+        n_denied_by_type = {op: sum(u.op == op for u in units) for op in TFLITE_OPS_DENIED_BY_TYPE}
+        if any(n > 1 for n in n_denied_by_type.values()):
+            notes.append(
+                "TFLite keeps TRANSPOSE_CONV ops float only all together (its quantizer ignores node deny-lists "
+                "for them): for those rows 'all but' keeps every TRANSPOSE_CONV float and 'only' is not measurable"
+            )
+    else:
+        from gencompress.converters.onnx import quantize_onnx
+        from gencompress.workflow import float_onnx
+
+        float_bytes = float_onnx(session)
+        units = onnx_units(float_bytes, keras_layer_names(session.model))
+        method = session.options.calibration_method
+        full = measure("int8", "int8", quantize_onnx(float_bytes, "int8", session.calibration, method))
+
+        def build(floats):
+            names = [u.name for u in floats]
+            return quantize_onnx(float_bytes, "int8", session.calibration, method, nodes_to_exclude=names)
+
+        stats = {}
+    rows = []
+    for u in units:
+        others = [v for v in units if v is not u]
+        only = None
+        tc_clash = fmt == "tflite" and u.op in TFLITE_OPS_DENIED_BY_TYPE and any(v.op == u.op for v in others)
+        if not tc_clash:
+            only = measure(u.label, "mixed", build(others)).psnr_db
+        all_but = measure(u.label, "mixed", build([u])).psnr_db
+        row = {**u.to_dict(), "label": u.label, "only_quantized_psnr_db": only, "all_but_psnr_db": all_but}
+        if u.name in stats:
+            row["rmse_over_scale"] = stats[u.name]
+        rows.append(row)
+    rows.sort(key=lambda r: (r["only_quantized_psnr_db"] is None, r["only_quantized_psnr_db"] or 0.0))
+    return {"int8_psnr_db": full.psnr_db, "units": rows, "notes": notes}
+
+
+def _debugger_stats(session) -> dict:
+    """RMSE / scale per quantized tensor from TFLite's QuantizationDebugger."""
+    import csv
+    import io
+
+    from gencompress.converters.tflite import _converter, _representative
+    from gencompress.tfenv import import_tf, native_output_captured
+
+    tf = import_tf()
+    converter = _converter(tf, session.model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = _representative(session.model, session.calibration)
+    try:
+        with native_output_captured():
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_dataset=_representative(session.model, session.evaluation.take(16))
+            )
+            debugger.run()
+            buf = io.StringIO()
+            debugger.layer_statistics_dump(buf)
+    except Exception:  # the debugger is experimental; the analysis stands without its figures
+        return {}
+    stats = {}
+    for row in csv.DictReader(io.StringIO(buf.getvalue())):
+        scale = float(row["scale"] or 0)
+        if scale > 0:
+            stats[row["tensor_name"]] = round(float(row["mean_squared_error"]) ** 0.5 / scale, 4)
+    return stats

@@ -1,0 +1,234 @@
+"""Quantized variants beyond the converters' defaults, for meeting a fidelity target.
+
+- **Units**: the ops a quantizer can keep in float, each mapped to the Keras layers whose names
+  appear in its tensor/node name (BatchNorm is already folded into the op before it).
+- **TFLite mixed**: calibrate once, then re-quantize the calibrated model with
+  ``mlir_quantize`` and deny-lists (milliseconds per variant).
+- **ONNX mixed**: onnxruntime static quantization with ``nodes_to_exclude``.
+- **Weight-only int8**: int8 storage, float compute (ai-edge-quantizer for TFLite; per-channel
+  ``DequantizeLinear`` on the weights for ONNX).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from gencompress.errors import ConversionError
+from gencompress.tfenv import import_tf, native_output_captured
+
+# TFLite ops that move or reshape data: keeping one float changes nothing worth a search step.
+_TFLITE_PASSIVE = {"QUANTIZE", "DEQUANTIZE", "SHAPE", "STRIDED_SLICE", "PACK", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "GATHER", "CONCATENATION"}
+# ONNX node types onnxruntime quantizes and that compute (shape ops just pass ranges through).
+_ONNX_COMPUTE = {
+    "Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "LeakyRelu", "Relu", "Sigmoid", "Clip",
+    "Resize", "AveragePool", "MaxPool", "GlobalAveragePool", "BatchNormalization", "InstanceNormalization",
+    "LayerNormalization", "Softmax", "Concat", "Where", "PRelu",
+}
+# The TFLite quantizer ignores node deny-lists for TRANSPOSE_CONV (TF 2.21): the only way to
+# keep one in float is to deny the op type, which keeps every TRANSPOSE_CONV in float.
+TFLITE_OPS_DENIED_BY_TYPE = {"TRANSPOSE_CONV"}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One quantizable op: its tensor (TFLite) or node (ONNX) name, op type and Keras layers."""
+
+    name: str
+    op: str
+    layers: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{'+'.join(self.layers) or self.name} ({self.op})"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "op": self.op, "layers": list(self.layers)}
+
+
+def layers_in_name(name: str, layer_names: list[str]) -> tuple[str, ...]:
+    """Keras layer names that appear as whole path components of a tensor or node name."""
+    parts = set(re.split(r"[/;:]", name))
+    return tuple(n for n in layer_names if n in parts)
+
+
+def keras_layer_names(model) -> list[str]:
+    if model.keras_model is None:
+        return []
+    from gencompress.model import _iter_layers
+
+    return [layer.name for layer in _iter_layers(model.keras_model)]
+
+
+def _output_layers(model) -> tuple[str, ...]:
+    return tuple(model.keras_model.output_names) if model.keras_model is not None else ()
+
+
+# ---------------------------------------------------------------- TFLite
+
+
+class TFLiteMixed:
+    """Calibrates a model once; builds int8 variants with chosen units kept in float."""
+
+    def __init__(self, model, calibration):
+        from gencompress.converters.tflite import _converter, _representative
+
+        tf = import_tf()
+        converter = _converter(tf, model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = _representative(model, calibration)
+        converter._experimental_calibrate_only = True  # float model + recorded ranges
+        try:
+            with native_output_captured():
+                self.calibrated = bytes(converter.convert())
+        except Exception as exc:  # the converter raises many kinds
+            raise ConversionError(f"TFLite calibration failed: {str(exc).splitlines()[0][:300]}") from exc
+        self.units = tflite_units(self.calibrated, keras_layer_names(model), _output_layers(model))
+
+    def build(self, float_units=(), dense_per_tensor: bool = False) -> bytes:
+        from tensorflow.lite.python import convert
+
+        names = [u.name for u in float_units if u.op not in TFLITE_OPS_DENIED_BY_TYPE]
+        ops = sorted({u.op for u in float_units if u.op in TFLITE_OPS_DENIED_BY_TYPE})
+        try:
+            with native_output_captured():
+                return bytes(
+                    convert.mlir_quantize(
+                        self.calibrated,
+                        fully_quantize=not float_units,
+                        denylisted_nodes=names or None,
+                        denylisted_ops=ops or None,
+                        disable_per_channel_for_dense_layers=dense_per_tensor,
+                    )
+                )
+        except Exception as exc:  # ConverterError and friends
+            raise ConversionError(f"TFLite mixed quantization failed: {str(exc).splitlines()[0][:300]}") from exc
+
+
+def _ops(tflite_bytes: bytes):
+    from ai_edge_litert.interpreter import Interpreter
+
+    with native_output_captured():
+        interpreter = Interpreter(model_content=tflite_bytes)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    for op in interpreter._get_ops_details():
+        outs = [tensors[i] for i in op["outputs"] if i >= 0]
+        if outs:
+            yield op["op_name"], outs[0]
+
+
+def tflite_units(tflite_bytes: bytes, layer_names: list[str], output_layers=()) -> list[Unit]:
+    """Compute ops of a TFLite model. The final activation's tensor is named after the signature
+    (``StatefulPartitionedCall:0``), so an op with no layer in its name that writes a model output
+    is attributed to the output layer."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with native_output_captured():
+        outputs = {d["name"] for d in Interpreter(model_content=tflite_bytes).get_output_details()}
+    units = []
+    for op, t in _ops(tflite_bytes):
+        if op in _TFLITE_PASSIVE:
+            continue
+        layers = layers_in_name(t["name"], layer_names)
+        if not layers and t["name"] in outputs:
+            layers = tuple(output_layers)
+        units.append(Unit(t["name"], op, layers))
+    return units
+
+
+def tflite_float_ops(tflite_bytes: bytes, layer_names: list[str] = ()) -> list[Unit]:
+    """Compute ops whose outputs are float32 in a (partly) quantized TFLite model."""
+    return [
+        Unit(t["name"], op, layers_in_name(t["name"], list(layer_names)))
+        for op, t in _ops(tflite_bytes)
+        if op not in _TFLITE_PASSIVE and t["dtype"] == np.float32
+    ]
+
+
+def tflite_weight_only(float_tflite: bytes) -> bytes:
+    """int8 weights (per channel), float activations and compute: ai-edge-quantizer's recipe."""
+    from ai_edge_quantizer import quantizer, qtyping
+
+    q = quantizer.Quantizer(float_tflite)
+    q.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=8)
+    try:
+        with native_output_captured():
+            # The result's model is a bytearray: LiteRT wants bytes.
+            return bytes(q.quantize(None, enable_progress_report=False).quantized_model)
+    except Exception as exc:  # the quantizer raises plain exceptions for unsupported ops
+        raise ConversionError(f"TFLite weight-only quantization failed: {str(exc).splitlines()[0][:300]}") from exc
+
+
+# ---------------------------------------------------------------- ONNX
+
+
+def onnx_units(float_onnx: bytes, layer_names: list[str]) -> list[Unit]:
+    import onnx
+
+    graph = onnx.load_from_string(float_onnx).graph
+    return [
+        Unit(n.name, n.op_type, layers_in_name(n.name, layer_names))
+        for n in graph.node
+        if n.op_type in _ONNX_COMPUTE
+    ]
+
+
+_WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1, "Gemm": None}
+
+
+def onnx_weight_only(float_onnx: bytes) -> bytes:
+    """Store Conv/ConvTranspose/MatMul/Gemm weights as per-channel symmetric int8.
+
+    Each weight becomes an int8 initializer with a float scale, read through a
+    ``DequantizeLinear``: int8 in the file, float compute (activations are not quantized).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load_from_string(float_onnx)
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    new_nodes = []
+    for node in graph.node:
+        if node.op_type in _WEIGHT_AXIS and len(node.input) > 1 and node.input[1] in inits:
+            weight_name = node.input[1]
+            w = numpy_helper.to_array(inits[weight_name]).astype(np.float32)
+            if w.dtype != np.float32 or w.ndim < 2 or consumers.get(weight_name, 0) != 1:
+                continue
+            axis = _WEIGHT_AXIS[node.op_type]
+            if axis is None:  # Gemm: output channels are axis 0 when B is transposed
+                trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+                axis = 0 if trans_b else 1
+            reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
+            absmax = np.max(np.abs(w), axis=reduce_axes)
+            scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+            graph.initializer.remove(inits[weight_name])
+            graph.initializer.extend(
+                [
+                    numpy_helper.from_array(q, weight_name + "_int8"),
+                    numpy_helper.from_array(scale, weight_name + "_scale"),
+                    numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), weight_name + "_zero"),
+                ]
+            )
+            new_nodes.append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [weight_name + "_int8", weight_name + "_scale", weight_name + "_zero"],
+                    [weight_name],
+                    name=weight_name + "_dequantize",
+                    axis=axis,
+                )
+            )
+        new_nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    return proto.SerializeToString()

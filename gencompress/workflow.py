@@ -204,7 +204,12 @@ def add_guarded_int8(session: Session, fmt: str, log=lambda msg: None) -> dict:
         "latency_cost_ms": round(chosen.p50_ms - plain.p50_ms, 4),
         "attempts": [a.summary() for a in attempts],
         "most_harmful_units": [
-            {"label": r["unit"].label, "op": r["unit"].op, "all_but_psnr_db": r["all_but_psnr_db"]} for r in ranking
+            {
+                "label": r["unit"].label,
+                "only_quantized_psnr_db": r["only_quantized_psnr_db"],
+                "all_but_psnr_db": r["all_but_psnr_db"],
+            }
+            for r in ranking
         ],
     }
     return result

@@ -122,3 +122,31 @@ def conditional(conditional_h5):
     from gencompress.model import load_model
 
     return load_model(conditional_h5)
+
+
+def build_collapsing(keras):
+    """A generator int8 destroys: one hidden channel spans ±2000 (the next layer ignores it), so a
+    per-tensor int8 scale leaves the signal channels (±3) a step of ~16. Float compute is fine."""
+    import numpy as np
+
+    keras.utils.set_random_seed(5)
+    rng = np.random.default_rng(5)
+    z = keras.Input((8,), name="z")
+    h = keras.layers.Dense(16, name="hidden")(z)
+    h = keras.layers.LeakyReLU(0.2, name="hidden_act")(h)
+    out = keras.layers.Dense(64, activation="sigmoid", name="image")(h)
+    model = keras.Model(z, out, name="collapsing")
+    w1 = rng.normal(0, 1, (8, 16)).astype("float32")
+    w1[:, 0] *= 400.0
+    w2 = rng.normal(0, 3, (16, 64)).astype("float32")
+    w2[0, :] = 0.0
+    model.get_layer("hidden").set_weights([w1, np.zeros(16, "float32")])
+    model.get_layer("image").set_weights([w2, np.zeros(64, "float32")])
+    return model
+
+
+@pytest.fixture(scope="session")
+def collapsing_h5(keras, model_dir):
+    path = model_dir / "collapsing.h5"
+    build_collapsing(keras).save(path)
+    return path

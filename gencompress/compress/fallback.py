@@ -191,15 +191,35 @@ def _with_same_type(floats, units, op):
 
 
 def rank_units(units, fmt, build_mixed, measure) -> list[dict]:
-    """Each unit with the PSNR reached when every other unit is quantized, most harmful first."""
+    """Units most harmful first: lowest PSNR when *only* that unit is int8, then highest PSNR
+    when all *but* it are int8.
+
+    When several tensors each destroy the output on their own, every "all but one" variant is
+    equally broken and ranks nothing; "only this one" still tells them apart.
+    """
     rows = []
     for u in units:
-        try:
-            a = measure(u.label, "mixed", build_mixed([u])(), [u])
-            rows.append({"unit": u, "all_but_psnr_db": a.psnr_db})
-        except ConversionError:
-            rows.append({"unit": u, "all_but_psnr_db": None})
-    return sorted(rows, key=lambda r: -(r["all_but_psnr_db"] or 0.0))
+        others = [v for v in units if v is not u]
+        tc_clash = fmt == "tflite" and u.op in TFLITE_OPS_DENIED_BY_TYPE and any(v.op == u.op for v in others)
+        rows.append(
+            {
+                "unit": u,
+                "only_quantized_psnr_db": None if tc_clash else _psnr(measure, u, build_mixed(others)),
+                "all_but_psnr_db": _psnr(measure, u, build_mixed([u])),
+            }
+        )
+    return sorted(rows, key=lambda r: (_or(r["only_quantized_psnr_db"], 1e9), -_or(r["all_but_psnr_db"], 0.0)))
+
+
+def _psnr(measure, unit, build):
+    try:
+        return measure(unit.label, "mixed", build(), [unit]).psnr_db
+    except ConversionError:
+        return None
+
+
+def _or(x, default):
+    return default if x is None else x
 
 
 def sensitivity(session, fmt: str) -> dict:
@@ -240,18 +260,12 @@ def sensitivity(session, fmt: str) -> dict:
 
         stats = {}
     rows = []
-    for u in units:
-        others = [v for v in units if v is not u]
-        only = None
-        tc_clash = fmt == "tflite" and u.op in TFLITE_OPS_DENIED_BY_TYPE and any(v.op == u.op for v in others)
-        if not tc_clash:
-            only = measure(u.label, "mixed", build(others)).psnr_db
-        all_but = measure(u.label, "mixed", build([u])).psnr_db
-        row = {**u.to_dict(), "label": u.label, "only_quantized_psnr_db": only, "all_but_psnr_db": all_but}
+    for r in rank_units(units, fmt, lambda floats: (lambda: build(floats)), measure):
+        u = r["unit"]
+        row = {**u.to_dict(), "label": u.label, "only_quantized_psnr_db": r["only_quantized_psnr_db"], "all_but_psnr_db": r["all_but_psnr_db"]}
         if u.name in stats:
             row["rmse_over_scale"] = stats[u.name]
         rows.append(row)
-    rows.sort(key=lambda r: (r["only_quantized_psnr_db"] is None, r["only_quantized_psnr_db"] or 0.0))
     return {"int8_psnr_db": full.psnr_db, "units": rows, "notes": notes}
 
 

@@ -6,7 +6,7 @@
   ``mlir_quantize`` and deny-lists (milliseconds per variant).
 - **ONNX mixed**: onnxruntime static quantization with ``nodes_to_exclude``.
 - **Weight-only int8**: int8 storage, float compute (ai-edge-quantizer for TFLite; per-channel
-  ``DequantizeLinear`` on the weights for ONNX).
+  ``DequantizeLinear`` on Conv/ConvTranspose weights for ONNX).
 """
 
 from __future__ import annotations
@@ -175,11 +175,15 @@ def onnx_units(float_onnx: bytes, layer_names: list[str]) -> list[Unit]:
     ]
 
 
-_WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1, "Gemm": None}
+# Output-channel axis of each op's weight. Not MatMul/Gemm: onnxruntime (>= 1.25, PR #27769)
+# fuses DequantizeLinear → MatMul/Gemm into MatMulNBits, whose CPU kernel by default
+# (session.qdq_matmulnbits_accuracy_level = 4) quantizes the *activations* to int8 on the fly:
+# "weight-only" would silently become dynamic quantization in every user's default session.
+_WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1}
 
 
 def onnx_weight_only(float_onnx: bytes) -> bytes:
-    """Store Conv/ConvTranspose/MatMul/Gemm weights as per-channel symmetric int8.
+    """Store Conv/ConvTranspose weights as per-channel symmetric int8 (MatMul/Gemm stay float).
 
     Each weight becomes an int8 initializer with a float scale, read through a
     ``DequantizeLinear``: int8 in the file, float compute (activations are not quantized).
@@ -202,9 +206,6 @@ def onnx_weight_only(float_onnx: bytes) -> bytes:
             if w.dtype != np.float32 or w.ndim < 2 or consumers.get(weight_name, 0) != 1:
                 continue
             axis = _WEIGHT_AXIS[node.op_type]
-            if axis is None:  # Gemm: output channels are axis 0 when B is transposed
-                trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-                axis = 0 if trans_b else 1
             reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
             absmax = np.max(np.abs(w), axis=reduce_axes)
             scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)

@@ -217,7 +217,8 @@ def _layer_names(ctx, param, value):
 @click.option("--learning-rate", default=1e-3, show_default=True, type=float, help="Adam learning rate for fine-tuning.")
 @click.option("--data", type=click.Path(), help="Fine-tuning inputs: a .npy/.npz file or an image folder (same as --calibration; default: noise).")
 @click.option("--then", "then", callback=lambda ctx, p, v: None if v is None else _comma_list(ALL_MODES, ALL_MODES)(ctx, p, v), help="Also quantize the pruned model (and the original, for comparison): comma-separated float16, dynamic, int8, int16x8, or 'all'.")
-def prune_command(model, output_dir, trust_code, custom_objects, sparsity, schedule, begin_step, end_step, structure, layers, skip_first, skip_last, steps, batch_size, learning_rate, data, then, **run_kwargs):
+@click.option("--min-psnr", default=30.0, show_default=True, type=float, help="With --then int8: the quantize step's fidelity target for the pruned model, in dB against the original (0 turns the guard off).")
+def prune_command(model, output_dir, trust_code, custom_objects, sparsity, schedule, begin_step, end_step, structure, layers, skip_first, skip_last, steps, batch_size, learning_rate, data, then, min_psnr, **run_kwargs):
     """Prune MODEL's weights by magnitude, fine-tune it to match the original, export it.
 
     Fine-tuning needs no training data: the original model is the teacher, fed noise latents
@@ -243,19 +244,20 @@ def prune_command(model, output_dir, trust_code, custom_objects, sparsity, sched
         run_kwargs["calibration"] = data
     prune_config = PruneConfig(sparsity=sparsity, schedule=schedule, begin_step=begin_step, end_step=end_step, structure=structure, layers=layers, skip_first=skip_first, skip_last=skip_last)
     finetune_config = FinetuneConfig(steps=steps, batch_size=batch_size, learning_rate=learning_rate, seed=run_kwargs["seed"])
-    options = RunOptions(precisions=tuple(then or ("float32",)), **run_kwargs)
+    options = RunOptions(precisions=tuple(then or ("float32",)), min_psnr=min_psnr, **run_kwargs)
     loaded = load_model(model, trust_code=trust_code, custom_objects_file=custom_objects)
     out = Path(output_dir) if output_dir else Path("gencompress-out") / loaded.stem
-    report = prune(loaded, prune_config, finetune_config, options, out, then=tuple(then or ()))
-    p = report["pruning"]
-    click.echo(terminal_table(report))
-    click.echo(f"\nsparsity: {p['measured_sparsity']:.2%} of {p['pruned_weights']:,} pruned weights (requested {p['requested_sparsity']:.0%}, {len(p['layers'])} layers pruned, {len(p['left_dense'])} left dense)")
-    for g in p["gzip"]:
-        click.echo(f"gzip {g['format']} {g['precision']}: {g['pruned_gzip_bytes']:,} bytes, {100 * g['gzip_ratio']:.1f}% of the unpruned model's")
-    click.echo(f"pruned model: {p['pruned_model']}\nreport: {out / 'report.json'}, {out / 'report.md'}")
-    if report.get("failures"):
-        from gencompress.errors import ConversionError
+    report = prune(loaded, prune_config, finetune_config, options, out, then=tuple(then or ()), log=lambda msg: click.echo(msg, err=True))
+    from gencompress.compress.pruning import pruning_summary
+    from gencompress.workflow import fidelity_failures
 
+    click.echo(terminal_table(report))
+    click.echo("\n" + pruning_summary(report))
+    click.echo(f"report: {out / 'report.json'}, {out / 'report.md'}")
+    missed = fidelity_failures(report)
+    if missed:
+        raise FidelityError("; ".join(missed) + f". The artifacts are written and marked passed: false in {out / 'report.json'}")
+    if report.get("failures"):
         failed = "; ".join(f"{f['format']} {f['precision']}: {f['error']}" for f in report["failures"])
         raise ConversionError(f"{len(report['failures'])} artifact(s) failed: {failed}")
     return report

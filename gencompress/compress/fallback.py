@@ -1,8 +1,9 @@
 """Sensitivity analysis, and the search for the smallest quantized artifact that meets a PSNR target.
 
 Search order:
-1. plain int8 variants (TFLite: per-channel and per-tensor dense weights; ONNX: the requested
-   calibration, then percentile and entropy if it misses);
+1. int8 variants of the same size: saturation-aware ranges (sigmoid/tanh inputs clamped where
+   the activation saturates), per-tensor dense weights (TFLite: per-channel scales and int64
+   zero points cost 12 bytes per output channel), other calibration methods (ONNX);
 2. mixed precision: keep the most harmful units in float, one more at a time, ranked by the PSNR
    the model reaches when everything *but* that unit is quantized;
 3. weight-only int8 (int8 storage, float compute: often smaller than a mixed model), and if
@@ -23,6 +24,7 @@ from gencompress.compress.quantization import (
     TFLiteMixed,
     Unit,
     keras_layer_names,
+    onnx_saturation_overrides,
     onnx_units,
     onnx_weight_only,
     tflite_float_ops,
@@ -93,10 +95,12 @@ class Measurer:
 
 
 def choose(attempts: list[Attempt]) -> Attempt:
-    """The smallest passing attempt (faster first among equal sizes), else the best PSNR."""
+    """The smallest passing attempt (the best PSNR among those within 1 % of it), else the best PSNR."""
     passing = [a for a in attempts if a.passed]
     if passing:
-        return min(passing, key=lambda a: (a.size_bytes, a.p50_ms))
+        smallest = min(a.size_bytes for a in passing)
+        near = [a for a in passing if a.size_bytes <= smallest * 1.01]
+        return max(near, key=lambda a: (a.psnr_db, -a.p50_ms))
     return max(attempts, key=lambda a: -1.0 if a.psnr_db is None else a.psnr_db)
 
 
@@ -126,31 +130,42 @@ def search(session, fmt: str, min_psnr: float, float_p50: float, log=lambda msg:
 
         int8_io = session.options.int8_io
         attempt("int8", "int8", lambda: convert_tflite(session.model, "int8", session.calibration, int8_io))
-        if not int8_io:
-            attempt("int8, per-tensor dense weights", "int8", lambda: mixed.build(dense_per_tensor=True))
+        if not int8_io:  # the variants below are built with float I/O
+            saturation = [False, True] if mixed.clamped else [False]
+            for sat in saturation:
+                for dense in (False, True):
+                    if sat or dense:
+                        label = "int8" + (", saturation-aware ranges" if sat else "") + (", per-tensor dense weights" if dense else "")
+                        attempt(label, "int8", lambda s=sat, d=dense: mixed.build(dense_per_tensor=d, saturation_aware=s))
         units = mixed.units
-        build_mixed = lambda floats: (lambda: mixed.build(floats, dense_per_tensor=False))  # noqa: E731
+        sat_mixed = bool(mixed.clamped) and not int8_io
+        build_mixed = lambda floats: (lambda: mixed.build(floats, saturation_aware=sat_mixed))  # noqa: E731
     else:
         from gencompress.converters.onnx import quantize_onnx
         from gencompress.workflow import float_onnx
 
         float_bytes = float_onnx(session)
+        overrides = onnx_saturation_overrides(float_bytes)
         first = session.options.calibration_method
-        by_method = {}
+        attempt("int8", "int8", lambda: quantize_onnx(float_bytes, "int8", session.calibration, first))
         for method in [first] + [m for m in ("percentile", "entropy") if m != first]:
-            if settled():
+            if settled() and method != first:
                 break
-            label = "int8" if method == first else f"int8, {method} calibration"
-            by_method[method] = attempt(
-                label, "int8", lambda m=method: quantize_onnx(float_bytes, "int8", session.calibration, m)
-            )
+            if not overrides and method == first:
+                continue
+            label = "int8" + ("" if method == first else f", {method} calibration") + (", saturation-aware ranges" if overrides else "")
+            attempt(label, "int8", lambda m=method: quantize_onnx(float_bytes, "int8", session.calibration, m, range_overrides=overrides))
         units = onnx_units(float_bytes, keras_layer_names(session.model))
         # Mixed variants start from the calibration that did best on its own.
-        method = max(by_method, key=lambda m: (by_method[m] and by_method[m].psnr_db) or 0.0)
+        best = max((a for a in attempts if a.precision == "int8"), key=lambda a: a.psnr_db or 0.0)
+        method = next((m for m in ("percentile", "entropy") if m in best.label), first)
+        use_overrides = overrides if "saturation-aware" in best.label else None
 
         def build_mixed(floats):
             names = [u.name for u in floats]
-            return lambda: quantize_onnx(float_bytes, "int8", session.calibration, method, nodes_to_exclude=names)
+            return lambda: quantize_onnx(
+                float_bytes, "int8", session.calibration, method, nodes_to_exclude=names, range_overrides=use_overrides
+            )
 
     if not settled() and units:
         ranking = rank_units(units, fmt, build_mixed, measure)

@@ -46,6 +46,7 @@ class FinetuneConfig:
     min_steps: int = 0
     seed: int = 0
     freeze_batchnorm: bool = True
+    plateau_lr_factor: float = 0.5  # multiply the learning rate by this every 2 evaluations without gain
 
     def __post_init__(self):
         if self.steps < 0:
@@ -60,6 +61,8 @@ class FinetuneConfig:
             raise OptionError("eval_every and patience must be at least 1")
         if self.min_delta < 0 or self.min_steps < 0:
             raise OptionError("min_delta and min_steps must not be negative")
+        if not (0.0 < self.plateau_lr_factor <= 1.0):
+            raise OptionError(f"plateau_lr_factor must be in (0, 1], got {self.plateau_lr_factor}")
 
     @property
     def rounds(self) -> int:
@@ -250,6 +253,8 @@ class _Tracker:
                     if self.wait >= config.patience and step < config.rounds * config.eval_every:
                         self.model.stop_training = True
                         result.stopped_early = True
+                    elif self.wait % 2 == 0 and config.plateau_lr_factor < 1.0:
+                        _scale_learning_rate(self.model.optimizer, config.plateau_lr_factor)
 
             def on_train_end(self, logs=None):
                 if self.best_weights is not None:
@@ -306,6 +311,14 @@ class _ProgressLine:
                 self._t0 = time.perf_counter()
 
         return ProgressLine()
+
+
+def _scale_learning_rate(optimizer, factor: float) -> None:
+    lr = optimizer.learning_rate
+    if hasattr(lr, "assign"):
+        lr.assign(lr * factor)
+    else:
+        optimizer.learning_rate = float(lr) * factor
 
 
 def _teacher_dataset(tf, teacher, source, input_names, student, single_output):

@@ -66,6 +66,11 @@ def _output_layers(model) -> tuple[str, ...]:
     return tuple(model.keras_model.output_names) if model.keras_model is not None else ()
 
 
+# Beyond these inputs sigmoid and tanh are within 5e-5 of their rails (well under one int8
+# output step of 1/256): clamping their input range there changes the output by less than that.
+SATURATION_BOUNDS = {"LOGISTIC": 10.0, "TANH": 5.0, "Sigmoid": 10.0, "Tanh": 5.0}
+
+
 # ---------------------------------------------------------------- TFLite
 
 
@@ -87,16 +92,21 @@ class TFLiteMixed:
             raise ConversionError(f"TFLite calibration failed: {str(exc).splitlines()[0][:300]}") from exc
         self.units = tflite_units(self.calibrated, keras_layer_names(model), _output_layers(model))
 
-    def build(self, float_units=(), dense_per_tensor: bool = False) -> bytes:
+        self.clamped = saturation_clamped(self.calibrated)
+
+    def build(self, float_units=(), dense_per_tensor: bool = False, saturation_aware: bool = False) -> bytes:
+        """int8 with ``float_units`` kept float; ``saturation_aware`` clamps the calibrated range of
+        tensors that only feed a sigmoid/tanh to where those saturate (see ``saturation_clamped``)."""
         from tensorflow.lite.python import convert
 
+        calibrated = self.clamped if saturation_aware and self.clamped else self.calibrated
         names = [u.name for u in float_units if u.op not in TFLITE_OPS_DENIED_BY_TYPE]
         ops = sorted({u.op for u in float_units if u.op in TFLITE_OPS_DENIED_BY_TYPE})
         try:
             with native_output_captured():
                 return bytes(
                     convert.mlir_quantize(
-                        self.calibrated,
+                        calibrated,
                         fully_quantize=not float_units,
                         denylisted_nodes=names or None,
                         denylisted_ops=ops or None,
@@ -105,6 +115,48 @@ class TFLiteMixed:
                 )
         except Exception as exc:  # ConverterError and friends
             raise ConversionError(f"TFLite mixed quantization failed: {str(exc).splitlines()[0][:300]}") from exc
+
+
+def saturation_clamped(calibrated: bytes) -> bytes | None:
+    """The calibrated model with the recorded range of each sigmoid/tanh input clamped to
+    ``SATURATION_BOUNDS``, or ``None`` when no such tensor would change.
+
+    A generator trained to saturation drives its logits far past the knee (hundreds of units):
+    a per-tensor int8 step over that range is wider than the whole transition band, and the edge
+    pixels, which sit on the knee, are lost. Only tensors whose every consumer is a saturating
+    activation are clamped, so nothing else sees the narrower range.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+    names = {i: _op_name(model, code) for i, code in enumerate(model.operatorCodes)}
+    changed = False
+    for graph in model.subgraphs:
+        consumers: dict[int, list[str]] = {}
+        for op in graph.operators:
+            for t in op.inputs:
+                consumers.setdefault(t, []).append(names[op.opcodeIndex])
+        outputs = set(graph.outputs)
+        for t, ops in consumers.items():
+            bounds = {SATURATION_BOUNDS.get(o) for o in ops}
+            if t < 0 or t in outputs or None in bounds:
+                continue
+            q = graph.tensors[t].quantization
+            if q is None or q.min is None or q.max is None or len(q.min) != 1:
+                continue
+            bound = min(bounds)
+            lo, hi = max(float(q.min[0]), -bound), min(float(q.max[0]), bound)
+            if (lo, hi) != (float(q.min[0]), float(q.max[0])) and lo < hi:
+                q.min, q.max = [lo], [hi]
+                changed = True
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else None
+
+
+def _op_name(model, code) -> str:
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    value = max(code.builtinCode, code.deprecatedBuiltinCode)
+    return next((k for k, v in vars(schema.BuiltinOperator).items() if v == value), str(value))
 
 
 def _ops(tflite_bytes: bytes):
@@ -162,6 +214,25 @@ def tflite_weight_only(float_tflite: bytes) -> bytes:
 
 
 # ---------------------------------------------------------------- ONNX
+
+
+def onnx_saturation_overrides(float_onnx: bytes) -> dict:
+    """onnxruntime ``TensorQuantOverrides`` clamping sigmoid/tanh inputs (see ``saturation_clamped``)."""
+    import onnx
+
+    graph = onnx.load_from_string(float_onnx).graph
+    consumers: dict[str, list[str]] = {}
+    for n in graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n.op_type)
+    outputs = {o.name for o in graph.output}
+    overrides = {}
+    for name, ops in consumers.items():
+        bounds = {SATURATION_BOUNDS.get(o) for o in ops}
+        if name not in outputs and None not in bounds:
+            b = min(bounds)
+            overrides[name] = [{"rmin": np.float32(-b), "rmax": np.float32(b)}]
+    return overrides
 
 
 def onnx_units(float_onnx: bytes, layer_names: list[str]) -> list[Unit]:

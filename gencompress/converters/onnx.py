@@ -88,6 +88,7 @@ def quantize_onnx(
     calibration=None,
     calibration_method: str = "minmax",
     nodes_to_exclude: list[str] | None = None,
+    range_overrides: dict | None = None,
 ) -> bytes:
     """Quantize a float ONNX model with onnxruntime.
 
@@ -144,7 +145,10 @@ def quantize_onnx(
                         weight_type=QuantType.QInt8,
                         calibrate_method=method,
                         nodes_to_exclude=nodes_to_exclude or [],
-                        extra_options={"CalibTensorRangeSymmetric": False},
+                        extra_options={
+                            "CalibTensorRangeSymmetric": False,
+                            **({"TensorQuantOverrides": range_overrides} if range_overrides else {}),
+                        },
                     )
                 else:
                     raise ValueError(f"unknown precision {precision}")

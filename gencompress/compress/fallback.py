@@ -7,10 +7,14 @@ Search order:
 2. mixed precision: keep the most harmful units in float, one more at a time, ranked by the PSNR
    the model reaches when everything *but* that unit is quantized;
 3. weight-only int8 (int8 storage, float compute: often smaller than a mixed model), and if
-   still nothing passes, int16 activations and float16.
+   still nothing passes, int16 activations and float16;
+4. speed: when the pick is slower than float, each op type is tried in float (an int8 kernel
+   can be slower than float, like LiteRT's int8 PReLU); a variant that passes and is not slower
+   wins if it is at most 25 % bigger.
 
 Every attempt is built and measured (size, PSNR, latency) for real. The pick is the smallest
-passing attempt; when it is slower than the float artifact, the report and the terminal say so.
+passing attempt (or the step-4 speed variant); when it is still slower than the float artifact,
+the report and the terminal say so.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from gencompress.errors import ConversionError
 
 # Latency noise on sub-millisecond models: "slower than float" means beyond this factor.
 SLOWER_FACTOR = 1.10
+# How much bigger than the smallest passing artifact a faster-than-float one may be to be preferred.
+SPEED_SIZE_BUDGET = 1.25
 
 
 @dataclass
@@ -47,6 +53,7 @@ class Attempt:
     p50_ms: float = 0.0
     passed: bool = False
     slower_than_float: bool = False
+    variant: object = field(default=None, repr=False)
 
     def summary(self) -> dict:
         return {
@@ -109,81 +116,89 @@ def search(session, fmt: str, min_psnr: float, float_p50: float, log=lambda msg:
     measure = Measurer(session, fmt, min_psnr, float_p50)
     attempts: list[Attempt] = []
     ranking: list[dict] = []
+    layer_names = keras_layer_names(session.model)
 
     def settled() -> bool:
-        # Later stages only add size: once something passes, the smallest pass is among these.
+        # Later stages add size: once something passes, the smallest pass is among these.
         return any(a.passed for a in attempts)
 
-    def attempt(label, precision, build, float_units=()):
+    def attempt(label, precision, build, float_units=(), variant=None):
+        """Build and measure one candidate. ``variant(floats)`` rebuilds it with units kept float."""
         try:
             a = measure(label, precision, build(), float_units)
         except ConversionError as exc:
             log(f"  {fmt} {label}: failed ({exc})")
             return None
+        a.variant = variant
+        if fmt == "tflite" and precision == "mixed":
+            a.float_units = tflite_float_ops(a.data, layer_names)  # what really stayed float
         attempts.append(a)
         log(f"  {fmt} {label}: {a.psnr_db} dB, {a.size_bytes} bytes, p50 {a.p50_ms:.3f} ms")
         return a
 
+    def try_variant(label, variant, floats=()):
+        floats = list(floats)
+        if fmt == "tflite":  # the TFLite quantizer keeps these float only all together
+            for op in {u.op for u in floats} & TFLITE_OPS_DENIED_BY_TYPE:
+                floats = list(dict.fromkeys(floats + [u for u in units if u.op == op]))
+        return attempt(label, "mixed" if floats else "int8", lambda: variant(floats), floats, variant)
+
+    # 1. int8 variants of the same size
     if fmt == "tflite":
-        mixed = TFLiteMixed(session.model, session.calibration)
         from gencompress.converters.tflite import convert_tflite
 
+        mixed = TFLiteMixed(session.model, session.calibration)
+        units = mixed.units
         int8_io = session.options.int8_io
         attempt("int8", "int8", lambda: convert_tflite(session.model, "int8", session.calibration, int8_io))
-        if not int8_io:  # the variants below are built with float I/O
-            saturation = [False, True] if mixed.clamped else [False]
-            for sat in saturation:
+        if not int8_io:  # the variants are built with float I/O
+            for sat in [False, True] if mixed.clamped else [False]:
                 for dense in (False, True):
+                    label = "int8" + (", saturation-aware ranges" if sat else "") + (", per-tensor dense weights" if dense else "")
+                    variant = lambda floats, s=sat, d=dense: mixed.build(floats, dense_per_tensor=d, saturation_aware=s)  # noqa: E731
                     if sat or dense:
-                        label = "int8" + (", saturation-aware ranges" if sat else "") + (", per-tensor dense weights" if dense else "")
-                        attempt(label, "int8", lambda s=sat, d=dense: mixed.build(dense_per_tensor=d, saturation_aware=s))
-        units = mixed.units
-        sat_mixed = bool(mixed.clamped) and not int8_io
-        build_mixed = lambda floats: (lambda: mixed.build(floats, saturation_aware=sat_mixed))  # noqa: E731
+                        try_variant(label, variant)
+                    else:  # plain int8 is measured above; keep its rebuild for the later steps
+                        attempts[0].variant = variant
     else:
         from gencompress.converters.onnx import quantize_onnx
         from gencompress.workflow import float_onnx
 
         float_bytes = float_onnx(session)
+        units = onnx_units(float_bytes, layer_names)
         overrides = onnx_saturation_overrides(float_bytes)
         first = session.options.calibration_method
-        attempt("int8", "int8", lambda: quantize_onnx(float_bytes, "int8", session.calibration, first))
+
+        def onnx_variant(method, ranges):
+            def build(floats):
+                names = [u.name for u in floats]
+                return quantize_onnx(float_bytes, "int8", session.calibration, method, names, ranges)
+
+            return build
+
+        try_variant("int8", onnx_variant(first, None))
         for method in [first] + [m for m in ("percentile", "entropy") if m != first]:
-            if settled() and method != first:
-                break
-            if not overrides and method == first:
+            if (settled() and method != first) or (method == first and not overrides):
                 continue
             label = "int8" + ("" if method == first else f", {method} calibration") + (", saturation-aware ranges" if overrides else "")
-            attempt(label, "int8", lambda m=method: quantize_onnx(float_bytes, "int8", session.calibration, m, range_overrides=overrides))
-        units = onnx_units(float_bytes, keras_layer_names(session.model))
-        # Mixed variants start from the calibration that did best on its own.
-        best = max((a for a in attempts if a.precision == "int8"), key=lambda a: a.psnr_db or 0.0)
-        method = next((m for m in ("percentile", "entropy") if m in best.label), first)
-        use_overrides = overrides if "saturation-aware" in best.label else None
+            try_variant(label, onnx_variant(method, overrides or None))
 
-        def build_mixed(floats):
-            names = [u.name for u in floats]
-            return lambda: quantize_onnx(
-                float_bytes, "int8", session.calibration, method, nodes_to_exclude=names, range_overrides=use_overrides
-            )
-
+    # 2. mixed precision, from the best same-size variant
     if not settled() and units:
-        ranking = rank_units(units, fmt, build_mixed, measure)
+        base = max((a for a in attempts if a.variant), key=lambda a: a.psnr_db or 0.0)
+        ranking = rank_units(units, fmt, lambda floats: (lambda: base.variant(floats)), measure)
         floats: list[Unit] = []
         for row in ranking[: max(1, len(units) - 1)]:
             floats.append(row["unit"])
-            if fmt == "tflite" and row["unit"].op in TFLITE_OPS_DENIED_BY_TYPE:
-                floats = _with_same_type(floats, units, row["unit"].op)
-            a = attempt("mixed: float " + ", ".join(u.label for u in floats), "mixed", build_mixed(list(floats)), floats)
-            if a is not None and fmt == "tflite":
-                a.float_units = tflite_float_ops(a.data, keras_layer_names(session.model))
-            if a is not None and a.passed:
-                break
+            a = try_variant(f"{base.label}; float " + ", ".join(u.label for u in floats), base.variant, floats)
+            if a is not None:
+                floats = list(a.float_units) if fmt == "tflite" else floats
+                if a.passed:
+                    break
 
-    if ranking:  # plain int8 missed: weight-only int8 can be smaller than any mixed variant
+    # 3. weight-only int8 (can be smaller than any mixed variant), then wider types
+    if ranking:
         if fmt == "tflite":
-            from gencompress.converters.tflite import convert_tflite
-
             float_tflite = convert_tflite(session.model, "float32")
             attempt("weight-only int8", "int8-weights", lambda: tflite_weight_only(float_tflite))
         else:
@@ -193,16 +208,22 @@ def search(session, fmt: str, min_psnr: float, float_p50: float, log=lambda msg:
             attempt("int16 activations", "int16x8", lambda: convert_tflite(session.model, "int16x8", session.calibration))
             attempt("float16", "float16", lambda: convert_tflite(session.model, "float16"))
         else:
-            attempt("int16 activations", "int16x8", lambda: quantize_onnx(float_bytes, "int16x8", session.calibration, method))
+            attempt("int16 activations", "int16x8", lambda: quantize_onnx(float_bytes, "int16x8", session.calibration, first))
             attempt("float16", "float16", lambda: quantize_onnx(float_bytes, "float16"))
     if not attempts:
         raise ConversionError(f"no {fmt} quantization could be built")
-    return choose(attempts), attempts, ranking
+    chosen = choose(attempts)
 
-
-def _with_same_type(floats, units, op):
-    # The TFLite quantizer keeps every op of a denied type in float: say so in the plan.
-    return list(dict.fromkeys(floats + [u for u in units if u.op == op]))
+    # 4. speed: an int8 kernel can be slower than float (LiteRT's int8 PReLU): keep that op type
+    #    in float when it makes the pick faster than float at a small size cost.
+    if chosen.passed and chosen.slower_than_float and chosen.variant is not None:
+        for op in sorted({u.op for u in units}):
+            floats = list(dict.fromkeys(chosen.float_units + [u for u in units if u.op == op]))
+            try_variant(f"{chosen.label}; {op} in float (speed)", chosen.variant, floats)
+        faster = [a for a in attempts if a.passed and not a.slower_than_float and a.size_bytes <= chosen.size_bytes * SPEED_SIZE_BUDGET]
+        if faster:
+            chosen = min(faster, key=lambda a: (a.size_bytes, a.p50_ms))
+    return chosen, attempts, ranking
 
 
 def rank_units(units, fmt, build_mixed, measure) -> list[dict]:

@@ -177,3 +177,24 @@ def test_saturation_aware_ranges_recover_saturated_logits(keras, tmp_path):
     plain = onnx_measure("int8", "int8", quantize_onnx(fp, "int8", session.calibration)).psnr_db
     aware = onnx_measure("aware", "int8", quantize_onnx(fp, "int8", session.calibration, range_overrides=overrides)).psnr_db
     assert aware > plain + 3.0, (plain, aware)
+
+
+def test_selection_rules():
+    from gencompress.compress.fallback import Attempt, choose, prefer_faster
+
+    def a(label, size, psnr, passed, slow=False):
+        return Attempt(label, "int8", b"", size_bytes=size, psnr_db=psnr, p50_ms=1.0, passed=passed, slower_than_float=slow)
+
+    small_slow = a("int8", 1000, 36.0, True, slow=True)
+    near_better = a("int8, saturation-aware", 1005, 40.0, True, slow=True)
+    fast_bigger = a("int8; PRELU in float", 1200, 36.5, True)
+    too_big = a("weight-only", 1300, 50.0, True)
+    failing = a("mixed", 900, 20.0, False)
+    attempts = [small_slow, near_better, fast_bigger, too_big, failing]
+    # smallest passing; within 1 % of it the best PSNR wins
+    assert choose(attempts) is near_better
+    # a faster-than-float variant up to 25 % bigger is preferred; beyond that, not
+    assert prefer_faster(near_better, attempts) is fast_bigger
+    assert prefer_faster(near_better, [small_slow, near_better, too_big]) is near_better
+    # nothing passes: the best PSNR is kept (and graded as failing)
+    assert choose([failing, a("x", 100, 25.0, False)]) is failing

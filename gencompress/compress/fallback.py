@@ -220,10 +220,18 @@ def search(session, fmt: str, min_psnr: float, float_p50: float, log=lambda msg:
         for op in sorted({u.op for u in units}):
             floats = list(dict.fromkeys(chosen.float_units + [u for u in units if u.op == op]))
             try_variant(f"{chosen.label}; {op} in float (speed)", chosen.variant, floats)
-        faster = [a for a in attempts if a.passed and not a.slower_than_float and a.size_bytes <= chosen.size_bytes * SPEED_SIZE_BUDGET]
-        if faster:
-            chosen = min(faster, key=lambda a: (a.size_bytes, a.p50_ms))
+        chosen = prefer_faster(chosen, attempts)
     return chosen, attempts, ranking
+
+
+def prefer_faster(chosen: Attempt, attempts: list[Attempt]) -> Attempt:
+    """The smallest passing attempt that is not slower than float, if it is at most
+    ``SPEED_SIZE_BUDGET`` times the size of ``chosen``; else ``chosen``."""
+    faster = [
+        a for a in attempts
+        if a.passed and not a.slower_than_float and a.size_bytes <= chosen.size_bytes * SPEED_SIZE_BUDGET
+    ]
+    return min(faster, key=lambda a: (a.size_bytes, a.p50_ms)) if faster else chosen
 
 
 def rank_units(units, fmt, build_mixed, measure) -> list[dict]:

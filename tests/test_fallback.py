@@ -197,4 +197,5 @@ def test_selection_rules():
     assert prefer_faster(near_better, attempts) is fast_bigger
     assert prefer_faster(near_better, [small_slow, near_better, too_big]) is near_better
     # nothing passes: the best PSNR is kept (and graded as failing)
-    assert choose([failing, a("x", 100, 25.0, False)]) is failing
+    better = a("x", 100, 25.0, False)
+    assert choose([failing, better]) is better

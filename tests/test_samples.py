@@ -26,7 +26,9 @@ def test_quantize_each_sample(tmp_path, sample):
 
     _run("quantize", SAMPLES / sample, "-o", tmp_path, *FAST)
     report = json.loads((tmp_path / "report.json").read_text())
-    by_kind = {(a["format"], a["precision"]): a for a in report["artifacts"]}
+    # the fidelity guard may keep some ops float ("mixed"): the super-resolution net's PReLUs
+    # have no XNNPACK int8 kernel
+    by_kind = {(a["format"], a["precision"].replace("mixed", "int8")): a for a in report["artifacts"]}
     assert set(by_kind) == {("tflite", "float32"), ("tflite", "int8"), ("onnx", "float32"), ("onnx", "int8")}
     for (fmt, precision), a in by_kind.items():
         fid = a["fidelity"]
@@ -39,6 +41,7 @@ def test_quantize_each_sample(tmp_path, sample):
             assert fid["psnr_db"] > 20.0, a
         assert all(fid[k] is not None for k in ("psnr_db", "mse", "max_abs_error", "ssim"))
         assert a["latency_ms"]["p50"] > 0 and a["gzip_bytes"] > 0
+    assert all(a["passed"] for a in report["artifacts"])  # default --min-psnr 30
     Interpreter(model_path=by_kind[("tflite", "int8")]["path"]).allocate_tensors()
     ort.InferenceSession(by_kind[("onnx", "int8")]["path"], providers=["CPUExecutionProvider"])
 
@@ -49,7 +52,7 @@ def test_keras3_and_savedmodel_samples(tmp_path, sample, fmt, command):
     _run(command, SAMPLES / sample, "-o", tmp_path, *FAST)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["model"]["format"] == fmt
-    precisions = {a["precision"] for a in report["artifacts"]}
+    precisions = {a["precision"].replace("mixed", "int8") for a in report["artifacts"]}
     assert precisions == ({"float32"} if command == "export" else {"float32", "int8"})
     for a in report["artifacts"]:
         assert a["fidelity"]["psnr_db"] > (80.0 if a["precision"] == "float32" else 20.0), a

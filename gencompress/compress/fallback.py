@@ -8,13 +8,14 @@ Search order:
    the model reaches when everything *but* that unit is quantized;
 3. weight-only int8 (int8 storage, float compute: often smaller than a mixed model), and if
    still nothing passes, int16 activations and float16;
-4. speed: when the pick is slower than float, each op type is tried in float (an int8 kernel
-   can be slower than float, like LiteRT's int8 PReLU); a variant that passes and is not slower
-   wins if it is at most 25 % bigger.
+4. speed (TFLite): int8 ops that XNNPACK does not take run LiteRT's reference kernels (int8
+   PReLU: the super-resolution sample's int8 model was slower than float because of it); they
+   are kept in float when that still passes and costs at most 25 % in size. Read from the
+   delegated graph, not from timings, so the pick is deterministic.
 
 Every attempt is built and measured (size, PSNR, latency) for real. The pick is the smallest
-passing attempt (or the step-4 speed variant); when it is still slower than the float artifact,
-the report and the terminal say so.
+passing attempt (or the step-4 variant); when it measures slower than the float artifact, the
+report and the terminal say so (timings only ever inform, never choose).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from gencompress.compress.quantization import (
     onnx_units,
     onnx_weight_only,
     tflite_float_ops,
+    tflite_undelegated_ops,
     tflite_weight_only,
 )
 from gencompress.errors import ConversionError
@@ -107,7 +109,7 @@ def choose(attempts: list[Attempt]) -> Attempt:
     if passing:
         smallest = min(a.size_bytes for a in passing)
         near = [a for a in passing if a.size_bytes <= smallest * 1.01]
-        return max(near, key=lambda a: (a.psnr_db, -a.p50_ms))
+        return max(near, key=lambda a: (a.psnr_db, -a.size_bytes))
     return max(attempts, key=lambda a: -1.0 if a.psnr_db is None else a.psnr_db)
 
 
@@ -214,24 +216,19 @@ def search(session, fmt: str, min_psnr: float, float_p50: float, log=lambda msg:
         raise ConversionError(f"no {fmt} quantization could be built")
     chosen = choose(attempts)
 
-    # 4. speed: an int8 kernel can be slower than float (LiteRT's int8 PReLU): keep that op type
-    #    in float when it makes the pick faster than float at a small size cost.
-    if chosen.passed and chosen.slower_than_float and chosen.variant is not None:
-        for op in sorted({u.op for u in units}):
-            floats = list(dict.fromkeys(chosen.float_units + [u for u in units if u.op == op]))
-            try_variant(f"{chosen.label}; {op} in float (speed)", chosen.variant, floats)
-        chosen = prefer_faster(chosen, attempts)
+    # 4. speed: int8 ops XNNPACK does not take run reference kernels, often slower than float
+    #    (LiteRT's int8 PReLU). Decided from the graph, not from timings, so the same command
+    #    always picks the same artifact.
+    if fmt == "tflite" and chosen.passed and chosen.variant is not None:
+        slow = tflite_undelegated_ops(chosen.data) & {u.op for u in units}
+        if slow:
+            floats = list(dict.fromkeys(chosen.float_units + [u for u in units if u.op in slow]))
+            label = f"{chosen.label}; {', '.join(sorted(slow))} in float (no XNNPACK int8 kernel)"
+            a = try_variant(label, chosen.variant, floats)
+            if a is not None and a.passed and a.size_bytes <= chosen.size_bytes * SPEED_SIZE_BUDGET:
+                if not (tflite_undelegated_ops(a.data) & slow):
+                    chosen = a
     return chosen, attempts, ranking
-
-
-def prefer_faster(chosen: Attempt, attempts: list[Attempt]) -> Attempt:
-    """The smallest passing attempt that is not slower than float, if it is at most
-    ``SPEED_SIZE_BUDGET`` times the size of ``chosen``; else ``chosen``."""
-    faster = [
-        a for a in attempts
-        if a.passed and not a.slower_than_float and a.size_bytes <= chosen.size_bytes * SPEED_SIZE_BUDGET
-    ]
-    return min(faster, key=lambda a: (a.size_bytes, a.p50_ms)) if faster else chosen
 
 
 def rank_units(units, fmt, build_mixed, measure) -> list[dict]:

@@ -199,6 +199,46 @@ def tflite_float_ops(tflite_bytes: bytes, layer_names: list[str] = ()) -> list[U
     ]
 
 
+def tflite_undelegated_ops(tflite_bytes: bytes) -> set[str]:
+    """Compute op types XNNPACK does not take in this model (they run LiteRT's reference kernels,
+    often far slower than XNNPACK's float ones: int8 PReLU, every int16 op).
+
+    A delegate node's inputs are its partition's inputs, constants included, and its outputs the
+    partition's outputs. Walking the graph backwards, an op is delegated when its output is a
+    delegate output, or when it feeds only delegated ops and is neither a delegate input nor a
+    model output.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    with native_output_captured():
+        interpreter = Interpreter(model_content=tflite_bytes)
+        interpreter.allocate_tensors()
+        ops = interpreter._get_ops_details()
+    graph_outputs = {d["index"] for d in interpreter.get_output_details()}
+    delegates = [o for o in ops if o["op_name"] == "DELEGATE"]
+    d_in = {int(t) for d in delegates for t in d["inputs"]}
+    d_out = {int(t) for d in delegates for t in d["outputs"]}
+    originals = [o for o in ops if o["op_name"] != "DELEGATE"]
+    consumers: dict[int, list[int]] = {}
+    for o in originals:
+        for t in o["inputs"]:
+            consumers.setdefault(int(t), []).append(o["index"])
+    delegated: dict[int, bool] = {}
+    for o in reversed(originals):
+        outs = [int(t) for t in o["outputs"]]
+        if any(t in d_out for t in outs):
+            delegated[o["index"]] = True
+            continue
+        users = [c for t in outs for c in consumers.get(t, [])]
+        delegated[o["index"]] = bool(
+            delegates
+            and users
+            and not any(t in d_in or t in graph_outputs for t in outs)
+            and all(delegated.get(c, False) for c in users)
+        )
+    return {o["op_name"] for o in originals if not delegated[o["index"]] and o["op_name"] not in _TFLITE_PASSIVE}
+
+
 def tflite_weight_only(float_tflite: bytes) -> bytes:
     """int8 weights (per channel), float activations and compute: ai-edge-quantizer's recipe."""
     from ai_edge_quantizer import quantizer, qtyping

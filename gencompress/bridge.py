@@ -310,8 +310,11 @@ def _describe(layer: tuple[str, str] | None, key: Any, what: str) -> tuple[str, 
 
 
 def _import_backends():
-    # The rest of gencompress wants tf.keras to be tf-keras; harmless if TF is already imported.
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    # TensorFlow first, through gencompress's quiet, deterministic set-up (tf-keras as tf.keras,
+    # oneDNN off); Keras 3 would otherwise import it with the defaults.
+    from gencompress.tfenv import import_tf
+
+    import_tf()
     try:
         import keras
         import tf_keras

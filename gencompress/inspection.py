@@ -32,7 +32,12 @@ def float_ops_in_int8(model, samples: int = 16, seed: int = 0) -> list[dict] | N
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_content=bytes(converter.convert()))
+    from gencompress.compress.quantization import tflite_undelegated_ops
+    from gencompress.tfenv import native_output_captured
+
+    with native_output_captured():
+        data = bytes(converter.convert())
+        interpreter = Interpreter(model_content=data)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     leftovers = []
     for op in interpreter._get_ops_details():
@@ -40,7 +45,9 @@ def float_ops_in_int8(model, samples: int = 16, seed: int = 0) -> list[dict] | N
             continue
         outs = [tensors[i] for i in op["outputs"] if i >= 0]
         if outs and all(t["dtype"] == np.float32 for t in outs):
-            leftovers.append({"op": op["op_name"], "tensor": outs[0]["name"]})
+            leftovers.append({"op": op["op_name"], "tensor": outs[0]["name"], "why": "no int8 kernel"})
+    for op in sorted(tflite_undelegated_ops(data) - {x["op"] for x in leftovers}):
+        leftovers.append({"op": op, "tensor": "", "why": "int8 kernel not accelerated by XNNPACK (slower than float)"})
     return leftovers
 
 
@@ -67,8 +74,8 @@ def render_inspection(model, leftovers) -> str:
     if leftovers is None:
         lines.append("int8: not checked")
     elif leftovers:
-        lines.append("int8: these ops stay float (no int8 kernel here):")
-        lines += [f"  {x['op']}  ({x['tensor']})" for x in leftovers]
+        lines.append("int8: these ops will not run as fast int8:")
+        lines += [f"  {x['op']}: {x['why']}" + (f" ({x['tensor']})" if x["tensor"] else "") for x in leftovers]
     else:
         lines.append("int8: every op maps to an int8 kernel")
     return "\n".join(lines)

@@ -86,7 +86,7 @@ def test_inspect_lists_layers_and_int8_leftovers(tmp_path, keras):
     result = invoke("inspect", tmp_path / "elu.h5")
     assert result.exit_code == 0, result.output
     assert "parameters: 40" in result.output and "dense" in result.output
-    assert "stay float" in result.output and "ELU" in result.output
+    assert "will not run as fast int8" in result.output and "ELU: no int8 kernel" in result.output
 
 
 @pytest.mark.parametrize(

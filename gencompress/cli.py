@@ -101,14 +101,51 @@ def cli():
 @click.option("--int8-io", is_flag=True, help="TFLite: integer inputs and outputs instead of float.")
 @click.option("--calibration-method", default="minmax", show_default=True, type=click.Choice(["minmax", "percentile", "entropy"]), help="ONNX static calibration method.")
 @click.option("--min-psnr", default=30.0, show_default=True, type=float, help="Fidelity target in dB: int8 artifacts that miss it fall back to better calibration, mixed precision, then wider types. 0 turns the guard off.")
-def quantize(model, output_dir, trust_code, custom_objects, modes, int8_io, calibration_method, min_psnr, **run_kwargs):
-    """Quantize MODEL post-training; writes float32 references and quantized .tflite/.onnx.
+@click.option("--method", default="ptq", show_default=True, type=click.Choice(["ptq", "qat"]), help="ptq: post-training only; qat: also quantization-aware training (fine-tuned against the float model), written as <stem>-qat.int8.* beside the post-training artifacts.")
+@click.option("--steps", type=int, help="--method qat: most fine-tuning steps (stops early when held-out PSNR stalls) [default: 1000].")
+@click.option("--batch-size", type=int, help="--method qat: fine-tuning batch size [default: 32].")
+@click.option("--learning-rate", type=float, help="--method qat: Adam learning rate [default: 1e-5].")
+@click.option("--data", type=click.Path(), help="--method qat: inputs to calibrate and fine-tune on, a .npy/.npz file or an image folder (as --calibration; default: noise).")
+def quantize(model, output_dir, trust_code, custom_objects, modes, int8_io, calibration_method, min_psnr, method, steps, batch_size, learning_rate, data, **run_kwargs):
+    """Quantize MODEL post-training (or with QAT); writes float32 references and quantized .tflite/.onnx.
 
     \b
-    Example:
+    Examples:
       gencompress quantize sample_models/dcgan_digits.h5 --mode int8,float16
+      gencompress quantize model.h5 --method qat --steps 1000
+      gencompress quantize model.keras --method qat --data latents.npy
     """
-    _run_command("quantize", model, output_dir, trust_code, custom_objects, precisions=modes, int8_io=int8_io, calibration_method=calibration_method, min_psnr=min_psnr, **run_kwargs)
+    if method == "ptq":
+        given = [n for n, v in (("--steps", steps), ("--batch-size", batch_size), ("--learning-rate", learning_rate), ("--data", data)) if v is not None]
+        if given:
+            from gencompress.errors import OptionError
+
+            raise OptionError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to --method qat")
+        _run_command("quantize", model, output_dir, trust_code, custom_objects, precisions=modes, int8_io=int8_io, calibration_method=calibration_method, min_psnr=min_psnr, **run_kwargs)
+        return
+    from gencompress.compress.finetune import FinetuneConfig
+    from gencompress.compress.qat import DEFAULT_LEARNING_RATE, DEFAULT_STEPS, qat_summary, quantize_qat
+    from gencompress.model import load_model
+    from gencompress.report.render import terminal_table
+    from gencompress.workflow import RunOptions, fidelity_failures
+
+    finetune = FinetuneConfig(
+        steps=DEFAULT_STEPS if steps is None else steps, batch_size=32 if batch_size is None else batch_size,
+        learning_rate=DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate, seed=run_kwargs["seed"],
+    )
+    options = RunOptions(precisions=modes, int8_io=int8_io, calibration_method=calibration_method, min_psnr=min_psnr, **run_kwargs)
+    loaded = load_model(model, trust_code=trust_code, custom_objects_file=custom_objects)
+    out = Path(output_dir) if output_dir else Path("gencompress-out") / loaded.stem
+    report = quantize_qat(loaded, options, finetune, out, data=data, log=lambda msg: click.echo(msg, err=True))
+    click.echo(terminal_table(report))
+    click.echo("\n" + qat_summary(report))
+    click.echo(f"report: {out / 'report.json'}, {out / 'report.md'}")
+    missed = fidelity_failures(report)
+    if missed:
+        raise FidelityError("; ".join(missed) + f". The artifacts are written and marked passed: false in {out / 'report.json'}")
+    if report["failures"]:
+        failed = "; ".join(f"{f['format']} {f['precision']}{' ' + f['variant'] if f.get('variant') else ''}: {f['error']}" for f in report["failures"])
+        raise ConversionError(f"{len(report['failures'])} artifact(s) failed: {failed}")
 
 
 @cli.command()
@@ -213,7 +250,7 @@ def _layer_names(ctx, param, value):
 @click.option("--skip-first", is_flag=True, help="Leave the first prunable layer dense.")
 @click.option("--skip-last", is_flag=True, help="Leave the last prunable layer (usually the output layer) dense.")
 @click.option("--steps", default=1000, show_default=True, type=int, help="Most fine-tuning steps (stops early when held-out PSNR stalls after the target is reached).")
-@click.option("--batch-size", default=32, show_default=True, type=int, help="Fine-tuning batch size.")
+@click.option("--batch-size", default=64, show_default=True, type=int, help="Fine-tuning batch size.")
 @click.option("--learning-rate", default=1e-3, show_default=True, type=float, help="Adam learning rate for fine-tuning.")
 @click.option("--data", type=click.Path(), help="Fine-tuning inputs: a .npy/.npz file or an image folder (same as --calibration; default: noise).")
 @click.option("--then", "then", callback=lambda ctx, p, v: None if v is None else _comma_list(ALL_MODES, ALL_MODES)(ctx, p, v), help="Also quantize the pruned model (and the original, for comparison): comma-separated float16, dynamic, int8, int16x8, or 'all'.")
@@ -253,6 +290,72 @@ def prune_command(model, output_dir, trust_code, custom_objects, sparsity, sched
 
     click.echo(terminal_table(report))
     click.echo("\n" + pruning_summary(report))
+    click.echo(f"report: {out / 'report.json'}, {out / 'report.md'}")
+    missed = fidelity_failures(report)
+    if missed:
+        raise FidelityError("; ".join(missed) + f". The artifacts are written and marked passed: false in {out / 'report.json'}")
+    if report.get("failures"):
+        failed = "; ".join(f"{f['format']} {f['precision']}: {f['error']}" for f in report["failures"])
+        raise ConversionError(f"{len(report['failures'])} artifact(s) failed: {failed}")
+    return report
+
+
+@cli.command("distill")
+@model_options
+@run_options
+@click.option("--width", type=float, help="Student = the teacher's architecture with hidden units/filters times this (0 < w <= 1) [default: 0.5 unless --student].")
+@click.option("--depth", default=1.0, show_default=True, type=float, help="Fraction of droppable blocks (shape-preserving conv blocks, residual blocks) the student keeps.")
+@click.option("--student", "student_path", type=click.Path(), help="Student architecture (.h5/.keras) with the teacher's inputs and outputs, instead of --width.")
+@click.option("--steps", default=3000, show_default=True, type=int, help="Most training steps (stops early when held-out PSNR stalls).")
+@click.option("--batch-size", default=32, show_default=True, type=int, help="Training batch size (global: split across replicas when distributed).")
+@click.option("--learning-rate", default=2e-3, show_default=True, type=float, help="Adam learning rate (halved on plateaus).")
+@click.option("--loss", default="l2", show_default=True, type=click.Choice(["l2", "l1"]), help="Pixel loss against the teacher's outputs.")
+@click.option("--eval-every", default=100, show_default=True, type=int, help="Steps between held-out evaluations (and checkpoints).")
+@click.option("--patience", default=5, show_default=True, type=int, help="Evaluations without gain before stopping.")
+@click.option("--feature-loss", default=0.0, show_default=True, type=float, help="Weight of intermediate feature matching (learned 1x1 projections, training only); 0 turns it off.")
+@click.option("--data", type=click.Path(), help="Training inputs: a .npy/.npz file or an image folder (same as --calibration; default: noise).")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), help="Save training state here after every evaluation; a rerun with the same directory resumes.")
+@click.option("--distribute", default="none", show_default=True, type=click.Choice(["none", "mirrored", "multi-worker"]), help="mirrored: all local GPUs (or logical CPUs); multi-worker: the cluster in TF_CONFIG.")
+@click.option("--cpu-devices", type=int, hidden=True, help="Split the CPU into N logical devices (to try --distribute mirrored without GPUs).")
+@click.option("--then", "then", callback=lambda ctx, p, v: None if v is None else _comma_list(ALL_MODES + ("qat",), ALL_MODES)(ctx, p, v), help="Also quantize the student: comma-separated float16, dynamic, int8, int16x8, qat (quantization-aware training against the teacher), or 'all' (post-training ones).")
+@click.option("--min-psnr", default=25.0, show_default=True, type=float, help="Target for the student's artifacts in dB against the teacher; with --then int8 the quantize step's fidelity guard aims for it (0: off).")
+def distill_command(model, output_dir, trust_code, custom_objects, width, depth, student_path, steps, batch_size, learning_rate, loss, eval_every, patience, feature_loss, data, checkpoint_dir, distribute, cpu_devices, then, min_psnr, **run_kwargs):
+    """Distil MODEL (the teacher) into a smaller student trained to reproduce its outputs.
+
+    No training data needed: the student learns the teacher's outputs on noise latents (or
+    --data). Writes <stem>-student.h5/.keras, float32 (and --then) .tflite/.onnx of teacher and
+    student, samples.png, and the report with the two side by side.
+
+    \b
+    Examples:
+      gencompress distill sample_models/dcgan_digits.h5 --width 0.5 --then int8
+      gencompress distill teacher.keras --student student_arch.keras --data latents.npy
+      gencompress distill teacher.h5 --width 0.5 --distribute mirrored --checkpoint-dir ckpt/
+    """
+    from gencompress.compress.distillation import DistillConfig, distill, distillation_summary, make_strategy
+    from gencompress.compress.finetune import FinetuneConfig
+    from gencompress.errors import OptionError
+    from gencompress.model import load_model
+    from gencompress.report.render import terminal_table
+    from gencompress.workflow import RunOptions, fidelity_failures
+
+    if data is not None:
+        if run_kwargs["calibration"] not in ("noise", data):
+            raise OptionError("--data and --calibration name different inputs: give one of them")
+        run_kwargs["calibration"] = data
+    if student_path is not None and width is not None:
+        raise OptionError("--student is the student's architecture: give it or --width, not both")
+    config = DistillConfig(width=None if student_path else (0.5 if width is None else width), depth=depth, feature_weight=feature_loss)
+    finetune = FinetuneConfig(steps=steps, batch_size=batch_size, learning_rate=learning_rate, loss=loss, eval_every=eval_every, patience=patience, seed=run_kwargs["seed"])
+    options = RunOptions(precisions=tuple(p for p in then or () if p != "qat") or ("float32",), min_psnr=min_psnr, **run_kwargs)
+    strategy = make_strategy(distribute, cpu_devices)  # before TensorFlow's runtime starts (multi-worker needs it)
+    loaded = load_model(model, trust_code=trust_code, custom_objects_file=custom_objects)
+    student = load_model(student_path, trust_code=trust_code, custom_objects_file=custom_objects) if student_path else None
+    out = Path(output_dir) if output_dir else Path("gencompress-out") / loaded.stem
+    report = distill(loaded, options, config, finetune, out, then=tuple(then or ()), student=student, strategy=strategy, checkpoint_dir=checkpoint_dir, log=lambda msg: click.echo(msg, err=True))
+    out = Path(report["distillation"]["student_model"]).parent  # a non-chief worker writes into worker-<i>/
+    click.echo(terminal_table(report))
+    click.echo("\n" + distillation_summary(report))
     click.echo(f"report: {out / 'report.json'}, {out / 'report.md'}")
     missed = fidelity_failures(report)
     if missed:

@@ -37,7 +37,7 @@ class FinetuneConfig:
     rounds); early stopping may end sooner, but never before ``min_steps``."""
 
     steps: int = 1000
-    batch_size: int = 32
+    batch_size: int = 64
     learning_rate: float = 1e-3
     loss: str = "l2"
     eval_every: int = 50
@@ -160,6 +160,7 @@ def train_to_match(
     extra_loss: Callable | None = None,
     progress: bool = True,
     strategy=None,
+    checkpoint=None,
 ) -> FinetuneResult:
     """Train tf-keras ``student`` to reproduce frozen ``teacher`` on batches from ``source``.
 
@@ -170,6 +171,12 @@ def train_to_match(
     is added to the L2/L1 loss; regularization losses of the student are included by Keras.
     ``callbacks`` run before the loop's own (so a pruning callback has re-masked the weights by
     the time they are scored).
+
+    ``checkpoint`` (optional) makes the loop resumable: an object with ``restore(model)``, called
+    once after compiling (in the strategy's scope), returning the saved loop state (a dict as
+    given to ``save``) or ``None``, and ``save(model, state)``, called after every evaluation.
+    A restored run continues at the saved step on the same batches (the first ``step`` batches
+    of ``source`` are skipped), with the saved best weights, patience counter and learning rate.
     """
     tf = import_tf()
     keras = import_keras()
@@ -201,12 +208,25 @@ def train_to_match(
                 optimizer=keras.optimizers.Adam(config.learning_rate),
                 loss=_loss_fn(tf, config.loss, extra_loss),
             )
-        tracker = _Tracker(keras, config, score, result)
+        resumed = None
+        if checkpoint is not None:
+            with strategy.scope() if strategy is not None else _nullcontext():
+                resumed = checkpoint.restore(student)
+        if resumed is not None:
+            _load_state(result, resumed)
+            _set_learning_rate(student.optimizer, resumed["learning_rate"])  # with the plateau cuts so far
+            if resumed["step"]:
+                dataset = _teacher_dataset(tf, teacher, _Skipped(source, resumed["step"]), input_names, student, single_output)
+            if resumed["stopped_early"] or resumed["step"] >= config.rounds * config.eval_every:
+                _restore_best(student, resumed.get("best_weights"), result)  # nothing left to train
+                return result
+        tracker = _Tracker(keras, config, score, result, resumed=resumed, checkpoint=checkpoint)
         bar = _ProgressLine(keras, config, result, enabled=progress)
         student.fit(
             dataset,
             steps_per_epoch=config.eval_every,
             epochs=config.rounds,
+            initial_epoch=resumed["step"] // config.eval_every if resumed is not None else 0,
             verbose=0,
             callbacks=list(callbacks) + [tracker, bar],
         )
@@ -220,18 +240,26 @@ def train_to_match(
 class _Tracker:
     """Keras callback (built lazily so that importing this module does not import Keras)."""
 
-    def __new__(cls, keras, config, score, result):
+    def __new__(cls, keras, config, score, result, resumed=None, checkpoint=None):
         class Tracker(keras.callbacks.Callback):
             def on_train_begin(self, logs=None):
                 self.best_weights = None
                 self.reference = -math.inf  # best PSNR that reset the patience counter
                 self.wait = 0
                 self.steps = 0
+                if resumed is not None:
+                    self.best_weights = resumed.get("best_weights")
+                    self.reference, self.wait, self.steps = resumed["reference"], resumed["wait"], resumed["step"]
 
             def on_train_batch_end(self, batch, logs=None):
                 self.steps += 1
 
             def on_epoch_end(self, epoch, logs=None):
+                self._evaluate(epoch, logs)
+                if checkpoint is not None:
+                    checkpoint.save(self.model, _loop_state(result, self, self.model.optimizer))
+
+            def _evaluate(self, epoch, logs):
                 step = (epoch + 1) * config.eval_every
                 loss = float((logs or {}).get("loss", float("nan")))
                 psnr = score()
@@ -257,13 +285,52 @@ class _Tracker:
                         _scale_learning_rate(self.model.optimizer, config.plateau_lr_factor)
 
             def on_train_end(self, logs=None):
-                if self.best_weights is not None:
-                    self.model.set_weights(self.best_weights)
-                    result.final_psnr_db = result.best_psnr_db
-                else:
-                    result.final_psnr_db = result.history[-1]["psnr_db"]
+                _restore_best(self.model, self.best_weights, result)
 
         return Tracker()
+
+
+def _restore_best(model, best_weights, result) -> None:
+    if best_weights is not None:
+        model.set_weights(best_weights)
+        result.final_psnr_db = result.best_psnr_db
+    else:
+        result.final_psnr_db = result.history[-1]["psnr_db"]
+
+
+def _loop_state(result: FinetuneResult, tracker, optimizer) -> dict:
+    """Everything a resumed loop needs besides the model's and optimizer's variables."""
+    return {
+        "step": result.steps_run,
+        "history": [dict(h) for h in result.history],
+        "initial_psnr_db": result.initial_psnr_db,
+        "best_psnr_db": result.best_psnr_db,
+        "best_step": result.best_step,
+        "stopped_early": result.stopped_early,
+        "reference": tracker.reference,
+        "wait": tracker.wait,
+        "learning_rate": float(optimizer.learning_rate.numpy() if hasattr(optimizer.learning_rate, "numpy") else optimizer.learning_rate),
+        "best_weights": tracker.best_weights,
+    }
+
+
+def _load_state(result: FinetuneResult, state: dict) -> None:
+    result.history = [dict(h) for h in state["history"]]
+    result.initial_psnr_db, result.best_psnr_db = state["initial_psnr_db"], state["best_psnr_db"]
+    result.best_step, result.stopped_early, result.steps_run = state["best_step"], state["stopped_early"], state["step"]
+
+
+class _Skipped:
+    """``source`` without its first ``n`` batches: where an interrupted run had got to."""
+
+    def __init__(self, source, n: int):
+        self.source, self.n = source, n
+
+    def __iter__(self):
+        it = iter(self.source)
+        for _ in range(self.n):
+            next(it)
+        return it
 
 
 class _ProgressLine:
@@ -276,7 +343,7 @@ class _ProgressLine:
 
         class ProgressLine(keras.callbacks.Callback):
             def on_train_begin(self, logs=None):
-                self.step, self.last = 0, 0.0
+                self.step, self.last = result.steps_run, 0.0  # not 0 when resumed from a checkpoint
 
             def on_train_batch_end(self, batch, logs=None):
                 self.step += 1
@@ -319,6 +386,14 @@ def _scale_learning_rate(optimizer, factor: float) -> None:
         lr.assign(lr * factor)
     else:
         optimizer.learning_rate = float(lr) * factor
+
+
+def _set_learning_rate(optimizer, value: float) -> None:
+    lr = optimizer.learning_rate
+    if hasattr(lr, "assign"):
+        lr.assign(value)
+    else:
+        optimizer.learning_rate = value
 
 
 def _teacher_dataset(tf, teacher, source, input_names, student, single_output):

@@ -32,3 +32,20 @@ def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(target) as tmp:
         Path(tmp).write_bytes(data)
     return Path(target)
+
+
+def derived_model_path(model, output_dir, tag: str) -> Path:
+    """Where a model derived from ``model`` goes: ``<stem>-<tag>.h5`` for an ``.h5`` input,
+    ``<stem>-<tag>.keras`` otherwise (a SavedModel or Keras 3 input comes back as tf-keras)."""
+    suffix = ".h5" if model.format == "h5" else ".keras"
+    return Path(output_dir) / f"{model.stem}-{tag}{suffix}"
+
+
+def save_keras_atomic(keras_model, path: Path) -> Path:
+    """Save a tf-keras model (format from the suffix) via a temp file and a rename."""
+    import warnings
+
+    with atomic_path(path, suffix=path.suffix) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf-keras calls .h5 "legacy": it is what the user gave us
+        keras_model.save(tmp)  # not compiled: no optimizer state goes in
+    return Path(path)

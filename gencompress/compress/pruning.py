@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gencompress.artifacts import derived_model_path, save_keras_atomic
 from gencompress.errors import OptionError, UnsupportedModelError
 from gencompress.tfenv import import_keras, import_tf
 
@@ -508,24 +509,6 @@ def _mentions(tensor_name: str, layer_name: str) -> bool:
     return f"/{layer_name}/" in f"/{tensor_name.replace(';', '/')}/"
 
 
-def pruned_model_path(model, output_dir) -> Path:
-    """``<stem>-pruned.h5`` for an ``.h5`` input, ``<stem>-pruned.keras`` otherwise."""
-    suffix = ".h5" if model.format == "h5" else ".keras"
-    return Path(output_dir) / f"{model.stem}-pruned{suffix}"
-
-
-def save_model_atomic(keras_model, path: Path) -> Path:
-    """Save a tf-keras model to ``path`` (format from its suffix), via a temp file and a rename."""
-    from gencompress.artifacts import atomic_path
-
-    import warnings
-
-    with atomic_path(path, suffix=path.suffix) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tf-keras calls .h5 "legacy": it is what the user gave us
-        keras_model.save(tmp)  # not compiled: no optimizer state goes in
-    return path
-
-
 def prune(
     model, prune_config: PruneConfig, finetune_config, options, output_dir, then=(), command="prune",
     progress=True, log=lambda msg: None,
@@ -563,7 +546,7 @@ def prune(
         model.keras_model, prune_config, finetune_config,
         source=source, held=val, output_range=session.output_range, progress=progress,
     )
-    saved = save_model_atomic(pruned, pruned_model_path(model, output_dir))
+    saved = save_keras_atomic(pruned, derived_model_path(model, output_dir, "pruned"))
     pruned_loaded = dataclasses.replace(model, keras_model=pruned, path=str(saved), params=int(pruned.count_params()))
     # The same session (held-out set, original float reference, float sizes) around the pruned
     # model: its stem is <stem>-pruned, so its artifacts are <stem>-pruned.<precision>.<ext>.
@@ -579,8 +562,7 @@ def prune(
 
     report = make_report(session, command)
     report["pruning"] = pruning_section(info, session.artifacts, saved, model, pruned_kernels(pruned, info.layers))
-    write_report(report, output_dir)
-    _append_markdown(Path(output_dir) / "report.md", pruning_markdown(report["pruning"]))
+    write_report(report, output_dir, [pruning_markdown(report["pruning"])])
     return report
 
 
@@ -711,12 +693,6 @@ def pruning_summary(report: dict) -> str:
     lines += [f"note: {Path(a['path']).name}: {n}" for a in report["artifacts"] for n in a.get("notes", [])]
     lines.append(f"pruned model: {p['pruned_model']}")
     return "\n".join(lines)
-
-
-def _append_markdown(path: Path, text: str) -> None:
-    from gencompress.artifacts import write_bytes_atomic
-
-    write_bytes_atomic(path, (path.read_text().rstrip("\n") + "\n" + text).encode())
 
 
 def _db(x) -> str:

@@ -8,11 +8,15 @@ from pathlib import Path
 from gencompress.artifacts import write_bytes_atomic
 
 
-def write_report(report: dict, output_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``report.json`` and ``report.md`` into ``output_dir`` (atomically)."""
+def write_report(report: dict, output_dir: str | Path, sections: list[str] = ()) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.md`` into ``output_dir`` (atomically).
+
+    ``sections``: extra markdown a command adds after the table (pruning, distillation, …).
+    """
     out = Path(output_dir)
     json_path = write_bytes_atomic(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
-    md_path = write_bytes_atomic(out / "report.md", markdown(report).encode())
+    text = "\n".join([markdown(report).rstrip("\n"), *sections]) + "\n"
+    md_path = write_bytes_atomic(out / "report.md", text.encode())
     return json_path, md_path
 
 

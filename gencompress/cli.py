@@ -123,16 +123,12 @@ def quantize(model, output_dir, trust_code, custom_objects, modes, int8_io, cali
             raise OptionError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to --method qat")
         _run_command("quantize", model, output_dir, trust_code, custom_objects, precisions=modes, int8_io=int8_io, calibration_method=calibration_method, min_psnr=min_psnr, **run_kwargs)
         return
-    from gencompress.compress.finetune import FinetuneConfig
-    from gencompress.compress.qat import DEFAULT_LEARNING_RATE, DEFAULT_STEPS, qat_summary, quantize_qat
+    from gencompress.compress.qat import qat_finetune_config, qat_summary, quantize_qat
     from gencompress.model import load_model
     from gencompress.report.render import terminal_table
     from gencompress.workflow import RunOptions, fidelity_failures
 
-    finetune = FinetuneConfig(
-        steps=DEFAULT_STEPS if steps is None else steps, batch_size=32 if batch_size is None else batch_size,
-        learning_rate=DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate, seed=run_kwargs["seed"],
-    )
+    finetune = qat_finetune_config(steps, batch_size, learning_rate, seed=run_kwargs["seed"])
     options = RunOptions(precisions=modes, int8_io=int8_io, calibration_method=calibration_method, min_psnr=min_psnr, **run_kwargs)
     loaded = load_model(model, trust_code=trust_code, custom_objects_file=custom_objects)
     out = Path(output_dir) if output_dir else Path("gencompress-out") / loaded.stem

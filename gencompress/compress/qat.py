@@ -1233,14 +1233,25 @@ def _post_training_artifacts(session, log) -> None:
                 session.failures.append({"format": fmt, "precision": precision, "error": str(exc)})
 
 
+def grade_qat(session, tag: str = "qat") -> None:
+    """Grade the QAT artifacts (variant ``tag``) against ``--min-psnr``; others are left as they are."""
+    target = session.options.min_psnr
+    for a in session.artifacts:
+        if a.get("variant") == tag:
+            psnr = a["fidelity"]["psnr_db"]
+            a["passed"] = None if target <= 0 else bool(psnr is not None and psnr >= target)
+
+
 def _grade_qat(session, tag: str) -> None:
+    """quantize --method qat: float32 and QAT artifacts graded; the post-training ones are the reference."""
     target = session.options.min_psnr
     for a in session.artifacts:
         psnr = a["fidelity"]["psnr_db"]
-        if target > 0 and (a.get("variant") == tag or a["precision"] == "float32"):
+        if target > 0 and a["precision"] == "float32" and not a.get("variant"):
             a["passed"] = bool(psnr is not None and psnr >= target)
-        else:
+        elif not a.get("variant"):
             a["passed"] = None
+    grade_qat(session, tag)
 
 
 SAME_SIZE = 1.05  # "the same size": within 5 % of the QAT artifact's bytes (or smaller)
@@ -1369,6 +1380,8 @@ def qat_after_pruning(pruned, session, finetune=None, *, tag: str = "pruned-qat"
     and Conv2D kernels through fine-tuning (Conv2DTranspose through our config, as the scheme has
     none). Adds ``<stem>-<tag>.int8.tflite|.onnx`` to the session and returns the QAT section
     with ``sparsity``: zeros of each pruned kernel in the float model and in the int8 TFLite file.
+    The caller grades them (``grade_qat(session, tag)``) and may append ``qat_markdown(section)``
+    to report.md.
     """
     if pruned.keras_model is None:
         raise UnsupportedModelError("pruning-preserving QAT needs the pruned Keras model")

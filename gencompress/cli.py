@@ -249,7 +249,7 @@ def _layer_names(ctx, param, value):
 @click.option("--batch-size", default=64, show_default=True, type=int, help="Fine-tuning batch size.")
 @click.option("--learning-rate", default=1e-3, show_default=True, type=float, help="Adam learning rate for fine-tuning.")
 @click.option("--data", type=click.Path(), help="Fine-tuning inputs: a .npy/.npz file or an image folder (same as --calibration; default: noise).")
-@click.option("--then", "then", callback=lambda ctx, p, v: None if v is None else _comma_list(ALL_MODES, ALL_MODES)(ctx, p, v), help="Also quantize the pruned model (and the original, for comparison): comma-separated float16, dynamic, int8, int16x8, or 'all'.")
+@click.option("--then", "then", callback=lambda ctx, p, v: None if v is None else _comma_list(ALL_MODES + ("qat",), ALL_MODES)(ctx, p, v), help="Also quantize the pruned model (and the original, for comparison): comma-separated float16, dynamic, int8, int16x8, qat (pruning-preserving quantization-aware training), or 'all' (post-training ones).")
 @click.option("--min-psnr", default=30.0, show_default=True, type=float, help="With --then int8: the quantize step's fidelity target for the pruned model, in dB against the original (0 turns the guard off).")
 def prune_command(model, output_dir, trust_code, custom_objects, sparsity, schedule, begin_step, end_step, structure, layers, skip_first, skip_last, steps, batch_size, learning_rate, data, then, min_psnr, **run_kwargs):
     """Prune MODEL's weights by magnitude, fine-tune it to match the original, export it.
@@ -277,7 +277,7 @@ def prune_command(model, output_dir, trust_code, custom_objects, sparsity, sched
         run_kwargs["calibration"] = data
     prune_config = PruneConfig(sparsity=sparsity, schedule=schedule, begin_step=begin_step, end_step=end_step, structure=structure, layers=layers, skip_first=skip_first, skip_last=skip_last)
     finetune_config = FinetuneConfig(steps=steps, batch_size=batch_size, learning_rate=learning_rate, seed=run_kwargs["seed"])
-    options = RunOptions(precisions=tuple(then or ("float32",)), min_psnr=min_psnr, **run_kwargs)
+    options = RunOptions(precisions=tuple(p for p in then or () if p != "qat") or ("float32",), min_psnr=min_psnr, **run_kwargs)
     loaded = load_model(model, trust_code=trust_code, custom_objects_file=custom_objects)
     out = Path(output_dir) if output_dir else Path("gencompress-out") / loaded.stem
     report = prune(loaded, prune_config, finetune_config, options, out, then=tuple(then or ()), log=lambda msg: click.echo(msg, err=True))

@@ -250,3 +250,24 @@ def test_pruned_float_below_min_psnr_keeps_artifacts_and_exits_3(dcgan_h5, tmp_p
     g = report["pruning"]["gzip"][1]
     assert g["original_variant"] == original["fallback"]["chosen"] and g["pruned_variant"] is not None
     assert (tmp_path / "dcgan-pruned.int8.tflite").exists()
+
+
+def test_prune_then_qat_keeps_the_sparsity(dcgan_h5, tmp_path):
+    """`prune … --then qat`: pruning-preserving QAT; the int8 TFLite weights keep the zeros."""
+    import json
+
+    from click.testing import CliRunner
+
+    from gencompress.cli import cli
+
+    args = ["prune", str(dcgan_h5), "-o", str(tmp_path), "--sparsity", "0.5", "--steps", "100", "--then", "qat",
+            "--min-psnr", "0", "--calibration-samples", "32", "--eval-samples", "8", "--latency-runs", "3"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    qat = [a for a in report["artifacts"] if a.get("variant") == "pruned-qat"]
+    assert {a["format"] for a in qat} == {"tflite", "onnx"} and all(a["precision"] == "int8" for a in qat)
+    rows = report["qat"]["sparsity"]
+    assert {r["name"] for r in rows} == {"project", "up1", "image"}
+    for r in rows:  # QAT kept every pruned zero, and int8 kept them too
+        assert r["float_zeros"] == r["size"] // 2 and r["int8_zeros"] == r["float_zeros"], r

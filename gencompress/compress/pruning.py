@@ -535,7 +535,7 @@ def prune(
     select_layers(model.keras_model, prune_config)  # option errors before anything is written
     prune_config.effective_schedule(finetune_config.steps)
     session = prepare(model, options, output_dir)
-    precisions = ["float32"] + [p for p in then if p != "float32"]
+    precisions = ["float32"] + [p for p in then if p not in ("float32", "qat")]
 
     # The original first: the size and fidelity reference. Its int8 goes through the same guard
     # as the pruned model's, so that both are what `gencompress quantize` would write.
@@ -559,10 +559,20 @@ def prune(
             a["passed"] = bool(psnr is not None and psnr >= options.min_psnr)
     session.artifacts.extend(derived.artifacts)
     session.failures.extend({**f, "variant": "pruned"} for f in derived.failures)
+    qat = None
+    if "qat" in then:  # pruning-preserving QAT of the pruned model, against the original
+        from gencompress.compress.qat import grade_qat, qat_after_pruning, qat_markdown
+
+        qat = qat_after_pruning(pruned_loaded, session, progress=progress, log=log)
+        grade_qat(session, "pruned-qat")
 
     report = make_report(session, command)
     report["pruning"] = pruning_section(info, session.artifacts, saved, model, pruned_kernels(pruned, info.layers))
-    write_report(report, output_dir, [pruning_markdown(report["pruning"])])
+    sections = [pruning_markdown(report["pruning"])]
+    if qat is not None:
+        report["qat"] = qat
+        sections.append(qat_markdown(qat))
+    write_report(report, output_dir, sections)
     return report
 
 

@@ -125,23 +125,14 @@ def quantize(model, output_dir, trust_code, custom_objects, modes, int8_io, cali
         return
     from gencompress.compress.qat import qat_finetune_config, qat_summary, quantize_qat
     from gencompress.model import load_model
-    from gencompress.report.render import terminal_table
-    from gencompress.workflow import RunOptions, fidelity_failures
+    from gencompress.workflow import RunOptions
 
     finetune = qat_finetune_config(steps, batch_size, learning_rate, seed=run_kwargs["seed"])
     options = RunOptions(precisions=modes, int8_io=int8_io, calibration_method=calibration_method, min_psnr=min_psnr, **run_kwargs)
     loaded = load_model(model, trust_code=trust_code, custom_objects_file=custom_objects)
     out = Path(output_dir) if output_dir else Path("gencompress-out") / loaded.stem
     report = quantize_qat(loaded, options, finetune, out, data=data, log=lambda msg: click.echo(msg, err=True))
-    click.echo(terminal_table(report))
-    click.echo("\n" + qat_summary(report))
-    click.echo(f"report: {out / 'report.json'}, {out / 'report.md'}")
-    missed = fidelity_failures(report)
-    if missed:
-        raise FidelityError("; ".join(missed) + f". The artifacts are written and marked passed: false in {out / 'report.json'}")
-    if report["failures"]:
-        failed = "; ".join(f"{f['format']} {f['precision']}{' ' + f['variant'] if f.get('variant') else ''}: {f['error']}" for f in report["failures"])
-        raise ConversionError(f"{len(report['failures'])} artifact(s) failed: {failed}")
+    _finish(report, out, qat_summary(report))
 
 
 @cli.command()
@@ -159,25 +150,13 @@ def export(model, output_dir, trust_code, custom_objects, **run_kwargs):
 
 def _run_command(command, model_path, output_dir, trust_code, custom_objects, **option_kwargs):
     from gencompress.model import load_model
-    from gencompress.report.render import terminal_table
-    from gencompress.workflow import RunOptions, fidelity_failures, run
+    from gencompress.workflow import RunOptions, run
 
     options = RunOptions(**option_kwargs)
     model = load_model(model_path, trust_code=trust_code, custom_objects_file=custom_objects)
     out = Path(output_dir) if output_dir else Path("gencompress-out") / model.stem
     report = run(model, options, out, command, log=lambda msg: click.echo(msg, err=True))
-    click.echo(terminal_table(report))
-    for a in report["artifacts"]:
-        for note in a.get("notes", []):
-            click.echo(f"note: {Path(a['path']).name}: {note}")
-    click.echo(f"\nreport: {out / 'report.json'}, {out / 'report.md'}")
-    missed = fidelity_failures(report)
-    if missed:
-        raise FidelityError("; ".join(missed) + f". The best artifacts are written and marked passed: false in {out / 'report.json'}")
-    if report["failures"]:
-        failed = "; ".join(f"{f['format']} {f['precision']}: {f['error']}" for f in report["failures"])
-        raise ConversionError(f"{len(report['failures'])} artifact(s) failed: {failed}")
-    return report
+    return _finish(report, out)
 
 
 @cli.command()
@@ -268,7 +247,6 @@ def prune_command(model, output_dir, trust_code, custom_objects, sparsity, sched
     from gencompress.compress.pruning import PruneConfig, prune
     from gencompress.errors import OptionError
     from gencompress.model import load_model
-    from gencompress.report.render import terminal_table
     from gencompress.workflow import RunOptions
 
     if data is not None:
@@ -282,18 +260,8 @@ def prune_command(model, output_dir, trust_code, custom_objects, sparsity, sched
     out = Path(output_dir) if output_dir else Path("gencompress-out") / loaded.stem
     report = prune(loaded, prune_config, finetune_config, options, out, then=tuple(then or ()), log=lambda msg: click.echo(msg, err=True))
     from gencompress.compress.pruning import pruning_summary
-    from gencompress.workflow import fidelity_failures
 
-    click.echo(terminal_table(report))
-    click.echo("\n" + pruning_summary(report))
-    click.echo(f"report: {out / 'report.json'}, {out / 'report.md'}")
-    missed = fidelity_failures(report)
-    if missed:
-        raise FidelityError("; ".join(missed) + f". The artifacts are written and marked passed: false in {out / 'report.json'}")
-    if report.get("failures"):
-        failed = "; ".join(f"{f['format']} {f['precision']}: {f['error']}" for f in report["failures"])
-        raise ConversionError(f"{len(report['failures'])} artifact(s) failed: {failed}")
-    return report
+    return _finish(report, out, pruning_summary(report))
 
 
 @cli.command("distill")
@@ -332,8 +300,7 @@ def distill_command(model, output_dir, trust_code, custom_objects, width, depth,
     from gencompress.compress.finetune import FinetuneConfig
     from gencompress.errors import OptionError
     from gencompress.model import load_model
-    from gencompress.report.render import terminal_table
-    from gencompress.workflow import RunOptions, fidelity_failures
+    from gencompress.workflow import RunOptions
 
     if data is not None:
         if run_kwargs["calibration"] not in ("noise", data):
@@ -350,14 +317,31 @@ def distill_command(model, output_dir, trust_code, custom_objects, width, depth,
     out = Path(output_dir) if output_dir else Path("gencompress-out") / loaded.stem
     report = distill(loaded, options, config, finetune, out, then=tuple(then or ()), student=student, strategy=strategy, checkpoint_dir=checkpoint_dir, log=lambda msg: click.echo(msg, err=True))
     out = Path(report["distillation"]["student_model"]).parent  # a non-chief worker writes into worker-<i>/
+    return _finish(report, out, distillation_summary(report))
+
+
+def _finish(report: dict, out: Path, summary: str | None = None) -> dict:
+    """Show the table, notes and report paths; then turn a missed target (3) or an artifact a
+    converter could not build (4) into the command's exit."""
+    from gencompress.report.render import terminal_table
+    from gencompress.workflow import fidelity_failures
+
     click.echo(terminal_table(report))
-    click.echo("\n" + distillation_summary(report))
-    click.echo(f"report: {out / 'report.json'}, {out / 'report.md'}")
+    if summary:
+        click.echo("\n" + summary)
+    else:
+        for a in report["artifacts"]:
+            for note in a.get("notes", []):
+                click.echo(f"note: {Path(a['path']).name}: {note}")
+    click.echo(f"\nreport: {out / 'report.json'}, {out / 'report.md'}")
     missed = fidelity_failures(report)
     if missed:
         raise FidelityError("; ".join(missed) + f". The artifacts are written and marked passed: false in {out / 'report.json'}")
     if report.get("failures"):
-        failed = "; ".join(f"{f['format']} {f['precision']}: {f['error']}" for f in report["failures"])
+        failed = "; ".join(
+            f"{f['format']} {f['precision']}{' ' + f['variant'] if f.get('variant') else ''}: {f['error']}"
+            for f in report["failures"]
+        )
         raise ConversionError(f"{len(report['failures'])} artifact(s) failed: {failed}")
     return report
 

@@ -113,7 +113,7 @@ def build_artifact(session: Session, fmt: str, precision: str, model=None) -> by
     ``model`` converts a derived model (pruned, fine-tuned, a student) instead of the session's;
     it is still measured against the session's original float model.
     """
-    from gencompress.converters.onnx import export_onnx_float, quantize_onnx
+    from gencompress.converters.onnx import quantize_onnx
     from gencompress.converters.tflite import convert_tflite
 
     opts = session.options

@@ -4,8 +4,8 @@ import numpy as np
 import onnx
 import pytest
 
-from gencompress.converters.onnx import OnnxRunner, export_onnx_float, quantize_onnx
-from gencompress.converters.tflite import TFLiteRunner, convert_tflite
+from gencompress.converters.onnx import OnnxRunner
+from gencompress.converters.tflite import TFLiteRunner
 from gencompress.report.metrics import fidelity
 from gencompress.workflow import RunOptions, build_artifact, prepare
 

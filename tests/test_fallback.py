@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import onnx
-import pytest
 from click.testing import CliRunner
 
 from gencompress.cli import cli

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import build_conditional, build_dcgan
+from conftest import build_dcgan
 from gencompress.calibration.sources import CalibrationSet, noise_set
 from gencompress.compress.finetune import (
     ArrayBatches,

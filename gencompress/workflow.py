@@ -238,20 +238,25 @@ def fidelity_failures(report: dict) -> list[str]:
     return lines
 
 
-def run(model, options: RunOptions, output_dir: str | Path, command: str, log=lambda msg: None) -> dict:
-    """Build, write and measure the float32 reference and each requested precision, per format.
+# A fidelity "target" every artifact meets: the guard then simply picks the smallest int8 variant.
+_NO_FLOOR_DB = 1e-6
 
-    Returns the report (also written as report.json / report.md into ``output_dir``).
+
+def build_artifacts(session: Session, precisions, log=lambda msg: None, hint: str = "") -> None:
+    """Write and measure each precision per format (float32 first: it is the reference).
+
+    int8 goes through the fidelity guard. When the session's own float model already misses
+    ``--min-psnr`` (a pruned model or a student, measured against the original), no quantization
+    can reach it: the smallest int8 variant is kept, graded as failing, with a note (``hint``
+    says what to do instead). A precision a converter cannot build is recorded in
+    ``session.failures`` and the others still go on.
     """
-    from gencompress.report.render import write_report
-
-    session = prepare(model, options, output_dir)
-    precisions = ["float32"] + [p for p in options.precisions if p != "float32"]
-    for fmt in options.formats:
+    opts = session.options
+    for fmt in opts.formats:
         for precision in precisions:
             try:
-                if precision == "int8" and options.min_psnr > 0:
-                    add_guarded_int8(session, fmt, log)
+                if precision == "int8" and opts.min_psnr > 0:
+                    _add_int8(session, fmt, log, hint)
                 else:
                     add_artifact(session, fmt, precision, build_artifact(session, fmt, precision))
             except ConversionError as exc:
@@ -260,6 +265,39 @@ def run(model, options: RunOptions, output_dir: str | Path, command: str, log=la
                 # One precision a converter cannot do (say, no 16x8 kernel for PReLU) must not
                 # cost the user the others: record it, go on, and fail the run at the end.
                 session.failures.append({"format": fmt, "precision": precision, "error": str(exc)})
+
+
+def _add_int8(session: Session, fmt: str, log, hint: str) -> dict:
+    import dataclasses
+
+    opts = session.options
+    float_psnr = next(
+        (a["fidelity"]["psnr_db"] for a in session.artifacts if a["format"] == fmt and a["precision"] == "float32"),
+        None,
+    )
+    if float_psnr is None or float_psnr >= opts.min_psnr:
+        return add_guarded_int8(session, fmt, log)
+    floorless = dataclasses.replace(session, options=dataclasses.replace(opts, min_psnr=_NO_FLOOR_DB))
+    result = add_guarded_int8(floorless, fmt, log)
+    # Not a fidelity search: keep its record apart, and drop the notes about the floor.
+    result["smallest_int8_search"] = {**result.pop("fallback"), "target_psnr_db": None}
+    result["notes"] = [n for n in result["notes"] if f"{_NO_FLOOR_DB:g} dB" not in n]
+    result["notes"].append(
+        f"the float model is at {float_psnr} dB, below --min-psnr {opts.min_psnr:g}: no quantization can "
+        f"reach it, so the smallest int8 variant was kept{f' ({hint})' if hint else ''}"
+    )
+    return result
+
+
+def run(model, options: RunOptions, output_dir: str | Path, command: str, log=lambda msg: None) -> dict:
+    """Build, write and measure the float32 reference and each requested precision, per format.
+
+    Returns the report (also written as report.json / report.md into ``output_dir``).
+    """
+    from gencompress.report.render import write_report
+
+    session = prepare(model, options, output_dir)
+    build_artifacts(session, ["float32"] + [p for p in options.precisions if p != "float32"], log)
     _grade(session)
     report = make_report(session, command)
     write_report(report, output_dir)

@@ -823,7 +823,7 @@ def distill(
     """
     from gencompress.compress.finetune import training_sources
     from gencompress.report.render import write_report
-    from gencompress.workflow import add_artifact, build_artifact, make_report, prepare
+    from gencompress.workflow import add_artifact, build_artifact, build_artifacts, make_report, prepare
 
     if teacher.keras_model is None:
         raise UnsupportedModelError(
@@ -881,7 +881,7 @@ def distill(
     # The same session (held-out set, the teacher's outputs as reference, its float sizes)
     # around the student: artifacts <stem>-student.<precision>.<ext>, PSNR against the teacher.
     derived = dataclasses.replace(session, model=student_loaded, artifacts=[], failures=[], onnx_exports={})
-    _build_student_artifacts(derived, ["float32"] + [p for p in then if p not in ("float32", "qat")], log)
+    build_artifacts(derived, ["float32"] + [p for p in then if p not in ("float32", "qat")], log, "train longer or widen the student")
     qat = None
     if "qat" in then:
         qat = _student_qat(derived, trained, teacher.keras_model, finetune, progress, log)
@@ -926,34 +926,6 @@ def _run_signature(teacher, student_keras, config, finetune, options) -> dict:
         "finetune": {k: v for k, v in dataclasses.asdict(finetune).items() if k not in ("steps", "patience", "min_steps")},
         "data": [options.calibration, options.calibration_samples, options.eval_samples, options.seed],
     }
-
-
-def _build_student_artifacts(session, precisions, log) -> None:
-    from gencompress.errors import ConversionError
-    from gencompress.workflow import add_artifact, add_guarded_int8, build_artifact
-
-    opts = session.options
-    for fmt in opts.formats:
-        for precision in precisions:
-            try:
-                if precision == "int8" and opts.min_psnr > 0:
-                    float_psnr = next(
-                        a["fidelity"]["psnr_db"] for a in session.artifacts if a["format"] == fmt and a["precision"] == "float32"
-                    )
-                    if float_psnr is not None and float_psnr >= opts.min_psnr:
-                        add_guarded_int8(session, fmt, log)
-                        continue
-                    note = (
-                        f"the float student is at {float_psnr} dB against the teacher, below --min-psnr {opts.min_psnr:g}: "
-                        "no quantization can recover that, so the fidelity search was skipped (train longer or widen the student)"
-                    )
-                    add_artifact(session, fmt, precision, build_artifact(session, fmt, precision), notes=[note])
-                    continue
-                add_artifact(session, fmt, precision, build_artifact(session, fmt, precision))
-            except ConversionError as exc:
-                if precision == "float32":
-                    raise
-                session.failures.append({"format": fmt, "precision": precision, "error": str(exc)})
 
 
 # --------------------------------------------------------------------------- samples and report

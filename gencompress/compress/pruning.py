@@ -26,7 +26,7 @@ from gencompress.errors import OptionError, UnsupportedModelError
 from gencompress.tfenv import import_keras, import_tf
 
 SCHEDULES = ("constant", "polynomial")
-_NO_FLOOR_DB = 1e-6  # a fidelity "target" every artifact meets: the guard then picks the smallest
+PRUNE_HINT = "prune less or fine-tune longer"
 STRUCTURES = ("2:4",)
 
 # Layers pruned by default: tfmot prunes their kernel. Embedding tables only when named.
@@ -523,7 +523,7 @@ def prune(
     """
     from gencompress.compress.finetune import training_sources
     from gencompress.report.render import write_report
-    from gencompress.workflow import make_report, prepare
+    from gencompress.workflow import build_artifacts, make_report, prepare
 
     if model.keras_model is None:
         raise UnsupportedModelError(
@@ -539,7 +539,7 @@ def prune(
 
     # The original first: the size and fidelity reference. Its int8 goes through the same guard
     # as the pruned model's, so that both are what `gencompress quantize` would write.
-    _build_artifacts(session, precisions, log=log)
+    build_artifacts(session, precisions, log, PRUNE_HINT)
     source, val = training_sources(model, session.calibration, finetune_config.batch_size, options.seed, options.eval_samples)
     finetune_config = dataclasses.replace(finetune_config, seed=options.seed)
     pruned, info = prune_model(
@@ -551,7 +551,7 @@ def prune(
     # The same session (held-out set, original float reference, float sizes) around the pruned
     # model: its stem is <stem>-pruned, so its artifacts are <stem>-pruned.<precision>.<ext>.
     derived = dataclasses.replace(session, model=pruned_loaded, artifacts=[], failures=[], onnx_exports={})
-    _build_artifacts(derived, precisions, log=log)
+    build_artifacts(derived, precisions, log, PRUNE_HINT)
     for a in derived.artifacts:
         a["variant"] = "pruned"
         if options.min_psnr > 0 and a["precision"] != "float32":
@@ -574,41 +574,6 @@ def prune(
         sections.append(qat_markdown(qat))
     write_report(report, output_dir, sections)
     return report
-
-
-def _build_artifacts(session, precisions, log=lambda msg: None) -> None:
-    from gencompress.errors import ConversionError
-    from gencompress.workflow import add_artifact, add_guarded_int8, build_artifact
-
-    opts = session.options
-    for fmt in opts.formats:
-        for precision in precisions:
-            try:
-                if precision == "int8" and opts.min_psnr > 0:
-                    float_psnr = next(
-                        a["fidelity"]["psnr_db"] for a in session.artifacts if a["format"] == fmt and a["precision"] == "float32"
-                    )
-                    if float_psnr is not None and float_psnr >= opts.min_psnr:
-                        add_guarded_int8(session, fmt, log)
-                        continue
-                    # The float model already misses the target: no quantization reaches it. Search
-                    # with no PSNR floor, so the same (smallest) int8 recipe as the original's is
-                    # written and the gzip comparison stays like for like; it is graded as failed.
-                    floorless = dataclasses.replace(session, options=dataclasses.replace(opts, min_psnr=_NO_FLOOR_DB))
-                    result = add_guarded_int8(floorless, fmt, log)
-                    # Not a fidelity search: keep its record apart, and drop notes about the floor.
-                    result["smallest_int8_search"] = {**result.pop("fallback"), "target_psnr_db": None}
-                    result["notes"] = [n for n in result["notes"] if f"{_NO_FLOOR_DB:g} dB" not in n]
-                    result["notes"].append(
-                        f"the pruned float model is at {float_psnr} dB, below --min-psnr {opts.min_psnr:g}: no "
-                        "quantization can reach it, so the smallest int8 variant was kept (prune less or fine-tune longer)"
-                    )
-                    continue
-                add_artifact(session, fmt, precision, build_artifact(session, fmt, precision))
-            except ConversionError as exc:
-                if precision == "float32":
-                    raise  # no reference: nothing else can be measured
-                session.failures.append({"format": fmt, "precision": precision, "error": str(exc)})
 
 
 def pruning_section(info: PruneInfo, artifacts: list[dict], saved: Path, model, kernels: dict) -> dict:

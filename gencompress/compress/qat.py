@@ -1178,7 +1178,7 @@ def quantize_qat(
     artifacts are graded against ``options.min_psnr``; the post-training ones are the reference.
     """
     from gencompress.report.render import write_report
-    from gencompress.workflow import make_report, prepare
+    from gencompress.workflow import build_artifacts, make_report, prepare
 
     if data is not None:
         if options.calibration not in ("noise", data):
@@ -1192,7 +1192,7 @@ def quantize_qat(
     import_tf()
     _check_flat(model.keras_model)  # before anything is written
     session = prepare(model, options, output_dir)
-    _post_training_artifacts(session, log)
+    build_artifacts(session, ["float32"] + [p for p in session.options.precisions if p != "float32"], log)
     section = add_qat_artifacts(session, finetune=finetune, progress=progress, log=log)
     section["comparison"] = compare_ptq_qat(session.artifacts, "qat")
     _grade_qat(session, "qat")
@@ -1212,25 +1212,6 @@ def _check_flat(keras_model) -> None:
             raise UnsupportedModelError(
                 f"layer '{layer.name}' is a nested model: quantization-aware training (tfmot) needs a flat model"
             )
-
-
-def _post_training_artifacts(session, log) -> None:
-    """The float32 reference and each requested precision per format, as ``gencompress quantize``."""
-    from gencompress.workflow import add_artifact, add_guarded_int8, build_artifact
-
-    opts = session.options
-    precisions = ["float32"] + [p for p in opts.precisions if p != "float32"]
-    for fmt in opts.formats:
-        for precision in precisions:
-            try:
-                if precision == "int8" and opts.min_psnr > 0:
-                    add_guarded_int8(session, fmt, log)
-                else:
-                    add_artifact(session, fmt, precision, build_artifact(session, fmt, precision))
-            except ConversionError as exc:
-                if precision == "float32":
-                    raise
-                session.failures.append({"format": fmt, "precision": precision, "error": str(exc)})
 
 
 def grade_qat(session, tag: str = "qat") -> None:

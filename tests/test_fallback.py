@@ -213,3 +213,30 @@ def test_xnnpack_delegation_is_read_from_the_graph(i2i_keras, tmp_path):
     chosen = _report(tmp_path / "o")["artifacts"][1]
     assert "PRELU in float" in chosen["fallback"]["chosen"] and chosen["precision"] == "mixed"
     assert "prelu1 (PRELU)" in chosen["fallback"]["float_layers"]
+
+
+def test_onnx_weight_only_keeps_shared_weights_and_every_node():
+    """A weight two Convs share stays float (rewriting it would change both); no node is lost."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    shared = numpy_helper.from_array(rng.normal(0, 1, (4, 4, 3, 3)).astype(np.float32), "w_shared")
+    own = numpy_helper.from_array(rng.normal(0, 1, (2, 4, 3, 3)).astype(np.float32), "w_own")
+    nodes = [
+        helper.make_node("Conv", ["x", "w_shared"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["a", "w_shared"], ["b"], name="conv_b", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["b", "w_own"], ["y"], name="conv_y", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6, 6])], [shared, own],
+    )
+    fp = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    q = onnx.load_from_string(onnx_weight_only(fp))
+    assert [n.op_type for n in q.graph.node] == ["Conv", "Conv", "DequantizeLinear", "Conv"]
+    assert {i.name for i in q.graph.initializer} == {"w_shared", "w_own_int8", "w_own_scale", "w_own_zero_point"}
+    x = rng.normal(0, 1, (1, 4, 6, 6)).astype(np.float32)
+    ref = ort.InferenceSession(fp, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    out = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.max(np.abs(out - ref)) < 0.02 * np.max(np.abs(ref))

@@ -895,7 +895,7 @@ def export_qat_onnx(qat_model, inputs) -> bytes:
     tf2onnx maps every activation ``FakeQuantWithMinMaxVars`` (tfmot's ranges, frozen to
     constants) to QuantizeLinear → DequantizeLinear with TensorFlow's nudged scale and zero
     point. TensorFlow folds the weight fake-quants into constants already on the int8 grid;
-    ``store_weights_int8`` then keeps each as int8 + scale behind a DequantizeLinear.
+    ``store_qat_weights_int8`` then keeps each as int8 + scale behind a DequantizeLinear.
     """
     tf = import_tf()
     import tf2onnx
@@ -909,7 +909,7 @@ def export_qat_onnx(qat_model, inputs) -> bytes:
     except Exception as exc:  # tf2onnx raises plain Exceptions
         raise ConversionError(f"ONNX export of the QAT model (tf2onnx) failed: {str(exc).splitlines()[0][:400]}") from exc
     proto = canonical_names(proto)
-    store_weights_int8(proto)
+    store_qat_weights_int8(proto)
     return proto.SerializeToString()
 
 
@@ -917,56 +917,22 @@ def export_qat_onnx(qat_model, inputs) -> bytes:
 _ONNX_WEIGHTS = {"Conv": (1, 0), "ConvTranspose": (1, 1), "MatMul": (1, 1), "Gemm": (1, None), "PRelu": (1, None)}
 
 
-def store_weights_int8(proto) -> dict:
+def store_qat_weights_int8(proto) -> dict:
     """Store float weight initializers that lie on a symmetric int8 grid as int8 + DequantizeLinear.
 
     The grid is found from the values: per tensor (scale = max|w| / 127) or, failing that, per
     output channel; a weight on neither grid (a layer left float) stays float. Modifies
     ``proto`` in place; returns counts ``{"int8": n, "float": m}``.
     """
-    from onnx import helper, numpy_helper
+    from gencompress.compress.quantization import store_weights_int8
 
-    graph = proto.graph
-    inits = {i.name: i for i in graph.initializer}
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    counts = {"int8": 0, "float": 0}
-    new_nodes = []
-    for node in graph.node:
-        spec = _ONNX_WEIGHTS.get(node.op_type)
-        if spec is not None and len(node.input) > spec[0] and node.input[spec[0]] in inits and uses[node.input[spec[0]]] == 1:
-            name = node.input[spec[0]]
-            w = numpy_helper.to_array(inits[name])
-            if w.dtype == np.float32 and w.size > 1:
-                axis = spec[1]
-                if node.op_type == "Gemm":
-                    axis = 0 if any(a.name == "transB" and a.i for a in node.attribute) else 1
-                grid = _int8_grid(w, axis)
-                if grid is None:
-                    counts["float"] += 1
-                else:
-                    q, scale, grid_axis = grid
-                    graph.initializer.remove(inits[name])
-                    graph.initializer.extend(
-                        [
-                            numpy_helper.from_array(q, name + "_int8"),
-                            numpy_helper.from_array(scale, name + "_scale"),
-                            numpy_helper.from_array(np.zeros(scale.shape, np.int8), name + "_zero_point"),
-                        ]
-                    )
-                    attrs = {} if grid_axis is None else {"axis": grid_axis}
-                    new_nodes.append(
-                        helper.make_node(
-                            "DequantizeLinear", [name + "_int8", name + "_scale", name + "_zero_point"], [name], name=name + "_dequantize", **attrs
-                        )
-                    )
-                    counts["int8"] += 1
-        new_nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    return counts
+    def on_grid(node, w):
+        axis = _ONNX_WEIGHTS[node.op_type][1]
+        if node.op_type == "Gemm":
+            axis = 0 if any(a.name == "transB" and a.i for a in node.attribute) else 1
+        return _int8_grid(w, axis)
+
+    return store_weights_int8(proto, {op: spec[0] for op, spec in _ONNX_WEIGHTS.items()}, on_grid)
 
 
 def _int8_grid(w: np.ndarray, axis):

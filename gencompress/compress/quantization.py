@@ -300,47 +300,71 @@ def onnx_weight_only(float_onnx: bytes) -> bytes:
     ``DequantizeLinear``: int8 in the file, float compute (activations are not quantized).
     """
     import onnx
-    from onnx import helper, numpy_helper
+
+    def per_channel(node, w):
+        axis = _WEIGHT_AXIS[node.op_type]
+        if w.ndim < 2:
+            return None
+        reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
+        absmax = np.max(np.abs(w), axis=reduce_axes)
+        scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        return np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8), scale, axis
 
     proto = onnx.load_from_string(float_onnx)
+    store_weights_int8(proto, {op: 1 for op in _WEIGHT_AXIS}, per_channel)
+    return proto.SerializeToString()
+
+
+def store_weights_int8(proto, weight_inputs: dict, quantize) -> dict:
+    """Rewrite float weight initializers as int8 + scale read through a ``DequantizeLinear``.
+
+    ``weight_inputs``: op type → index of its weight input. ``quantize(node, w)`` returns
+    ``(int8 values, scale, axis or None)``, or ``None`` to leave that weight float. Only
+    initializers with a single consumer are rewritten. Modifies ``proto`` in place; returns
+    counts ``{"int8": n, "float": m}``.
+    """
+    from onnx import helper, numpy_helper
+
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
-    consumers: dict[str, int] = {}
+    uses: dict[str, int] = {}
     for node in graph.node:
         for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
+            uses[name] = uses.get(name, 0) + 1
+    counts = {"int8": 0, "float": 0}
     new_nodes = []
     for node in graph.node:
-        if node.op_type in _WEIGHT_AXIS and len(node.input) > 1 and node.input[1] in inits:
-            weight_name = node.input[1]
-            w = numpy_helper.to_array(inits[weight_name]).astype(np.float32)
-            if w.dtype != np.float32 or w.ndim < 2 or consumers.get(weight_name, 0) != 1:
-                continue
-            axis = _WEIGHT_AXIS[node.op_type]
-            reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
-            absmax = np.max(np.abs(w), axis=reduce_axes)
-            scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
-            shape = [1] * w.ndim
-            shape[axis] = -1
-            q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
-            graph.initializer.remove(inits[weight_name])
-            graph.initializer.extend(
-                [
-                    numpy_helper.from_array(q, weight_name + "_int8"),
-                    numpy_helper.from_array(scale, weight_name + "_scale"),
-                    numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), weight_name + "_zero"),
-                ]
-            )
-            new_nodes.append(
-                helper.make_node(
-                    "DequantizeLinear",
-                    [weight_name + "_int8", weight_name + "_scale", weight_name + "_zero"],
-                    [weight_name],
-                    name=weight_name + "_dequantize",
-                    axis=axis,
+        index = weight_inputs.get(node.op_type)
+        name = node.input[index] if index is not None and len(node.input) > index else None
+        if name in inits and uses[name] == 1:
+            w = numpy_helper.to_array(inits[name])
+            quantized = quantize(node, w) if w.dtype == np.float32 and w.size > 1 else None
+            if quantized is None:
+                counts["float"] += 1
+            else:
+                q, scale, axis = quantized
+                graph.initializer.remove(inits[name])
+                graph.initializer.extend(
+                    [
+                        numpy_helper.from_array(q, name + "_int8"),
+                        numpy_helper.from_array(scale, name + "_scale"),
+                        numpy_helper.from_array(np.zeros(scale.shape, np.int8), name + "_zero_point"),
+                    ]
                 )
-            )
+                attrs = {} if axis is None else {"axis": axis}
+                new_nodes.append(
+                    helper.make_node(
+                        "DequantizeLinear",
+                        [name + "_int8", name + "_scale", name + "_zero_point"],
+                        [name],
+                        name=name + "_dequantize",
+                        **attrs,
+                    )
+                )
+                counts["int8"] += 1
         new_nodes.append(node)
     del graph.node[:]
     graph.node.extend(new_nodes)
-    return proto.SerializeToString()
+    return counts

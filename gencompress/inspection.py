@@ -24,11 +24,9 @@ def float_ops_in_int8(model, samples: int = 16, seed: int = 0) -> list[dict] | N
         calib = noise_set(model.inputs, samples, np.random.default_rng([seed, 0]), model.label_ranges)
     except CalibrationError:
         return None
-    from gencompress.converters.tflite import _converter, _representative
+    from gencompress.converters.tflite import int8_converter
 
-    converter = _converter(tf, model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = _representative(model, calib)
+    converter = int8_converter(model, calib)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     from ai_edge_litert.interpreter import Interpreter
 

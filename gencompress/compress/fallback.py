@@ -315,17 +315,15 @@ def _debugger_stats(session) -> dict:
     import csv
     import io
 
-    from gencompress.converters.tflite import _converter, _representative
+    from gencompress.converters.tflite import int8_converter, representative_dataset
     from gencompress.tfenv import import_tf, native_output_captured
 
     tf = import_tf()
-    converter = _converter(tf, session.model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = _representative(session.model, session.calibration)
+    converter = int8_converter(session.model, session.calibration)
     try:
         with native_output_captured():
             debugger = tf.lite.experimental.QuantizationDebugger(
-                converter=converter, debug_dataset=_representative(session.model, session.evaluation.take(16))
+                converter=converter, debug_dataset=representative_dataset(session.model, session.evaluation.take(16))
             )
             debugger.run()
             buf = io.StringIO()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gencompress.errors import ConversionError
-from gencompress.tfenv import import_tf, native_output_captured
+from gencompress.tfenv import native_output_captured
 
 # TFLite ops that move or reshape data: keeping one float changes nothing worth a search step.
 _TFLITE_PASSIVE = {"QUANTIZE", "DEQUANTIZE", "SHAPE", "STRIDED_SLICE", "PACK", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "GATHER", "CONCATENATION"}
@@ -78,12 +78,9 @@ class TFLiteMixed:
     """Calibrates a model once; builds int8 variants with chosen units kept in float."""
 
     def __init__(self, model, calibration):
-        from gencompress.converters.tflite import _converter, _representative
+        from gencompress.converters.tflite import int8_converter
 
-        tf = import_tf()
-        converter = _converter(tf, model)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = _representative(model, calibration)
+        converter = int8_converter(model, calibration)
         converter._experimental_calibrate_only = True  # float model + recorded ranges
         try:
             with native_output_captured():

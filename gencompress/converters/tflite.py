@@ -25,8 +25,7 @@ def convert_tflite(model, precision: str, calibration=None, int8_io: bool = Fals
     elif precision in ("int8", "int16x8"):
         if calibration is None:
             raise ValueError(f"{precision} needs a calibration set")
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = _representative(model, calibration)
+        converter = int8_converter(model, calibration)
         if precision == "int8":
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             io_type = tf.int8
@@ -47,13 +46,26 @@ def convert_tflite(model, precision: str, calibration=None, int8_io: bool = Fals
         raise ConversionError(f"TFLite {precision} conversion failed: {_summary(exc)}") from exc
 
 
+def int8_converter(model, calibration):
+    """A TFLite converter for ``model`` set up to quantize, calibrated on ``calibration``.
+
+    Callers choose the op sets (or calibrate only, or hand it to the quantization debugger).
+    """
+    tf = import_tf()
+    converter = _converter(tf, model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative_dataset(model, calibration)
+    return converter
+
+
 def _converter(tf, model):
     if model.keras_model is not None:
         return tf.lite.TFLiteConverter.from_keras_model(model.keras_model)
     return tf.lite.TFLiteConverter.from_concrete_functions([model.signature], model._saved_object)
 
 
-def _representative(model, calibration):
+def representative_dataset(model, calibration):
+    """The calibration samples as the converter wants them: lists for Keras, dicts for a signature."""
     names = [t.name for t in model.inputs]
 
     def dataset():

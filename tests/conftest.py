@@ -26,7 +26,7 @@ def build_dcgan(keras):
     x = keras.layers.LeakyReLU(0.2, name="act1")(x)
     out = keras.layers.Conv2DTranspose(1, 3, 2, padding="same", activation="tanh", name="image")(x)
     model = keras.Model(z, out, name="tiny_dcgan")
-    _randomize_bn(model, keras)
+    randomize_bn(keras, model)
     return model
 
 
@@ -59,11 +59,11 @@ def build_image_to_image(keras):
     return keras.Model(lowres, out, name="tiny_sr")
 
 
-def _randomize_bn(model, keras):
-    # Fresh BatchNorm layers are the identity; give them trained-looking statistics.
+def randomize_bn(keras, model, seed=0):
+    """Fresh BatchNorm layers are the identity; give them trained-looking statistics."""
     import numpy as np
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             gamma, beta, mean, var = layer.get_weights()

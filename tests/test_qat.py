@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import SAMPLES, build_conditional, build_dcgan, build_image_to_image
+from conftest import SAMPLES, build_conditional, build_dcgan, build_image_to_image, randomize_bn
 from gencompress.cli import cli
 
 FAST = ["--calibration-samples", "48", "--eval-samples", "16", "--latency-runs", "3"]
@@ -31,21 +31,6 @@ def _noise(model, n, seed, label_ranges=None):
 def _feed(model, data):
     values = [data.arrays[n] for n in model.input_names]
     return values[0] if len(values) == 1 else values
-
-
-def _randomize_bn(keras, model, seed=0):
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights(
-                [
-                    rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
-                    rng.normal(0, 0.1, beta.shape).astype("float32"),
-                    rng.normal(0, 0.2, mean.shape).astype("float32"),
-                    rng.uniform(0.5, 2.0, var.shape).astype("float32"),
-                ]
-            )
 
 
 def build_bn_generator(keras):
@@ -71,7 +56,7 @@ def build_bn_generator(keras):
     shared_bn = keras.layers.BatchNormalization(name="bn_shared_input")(shared)
     side = keras.layers.Add(name="side_sum")([side, shared_bn, shared])
     model = keras.Model(z, [image, side], name="bn_generator")
-    _randomize_bn(keras, model)
+    randomize_bn(keras, model)
     return model
 
 
@@ -116,7 +101,7 @@ def test_fold_batchnorm_sequential(keras):
             keras.layers.BatchNormalization(name="ct_bn"),
         ]
     )
-    _randomize_bn(keras, model, seed=3)
+    randomize_bn(keras, model, seed=3)
     folded, rows = fold_batchnorm(model)
     assert [r["into"] for r in rows] == ["d", "ct"]
     assert isinstance(folded, keras.Sequential) and len(folded.layers) == len(model.layers) - 2

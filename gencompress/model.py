@@ -348,11 +348,8 @@ def _output_activation(keras_model) -> str | None:
         layer = out._keras_history.layer
         activation = getattr(layer, "activation", None)
         names.add(getattr(activation, "__name__", None))
-    return names.pop() if len(names) == 1 and None not in names and _bounded(names) else None
-
-
-def _bounded(names) -> bool:
-    return next(iter(names)) in _BOUNDED_ACTIVATIONS
+    name = names.pop() if len(names) == 1 else None
+    return name if name in _BOUNDED_ACTIVATIONS else None
 
 
 def _embedding_ranges(keras_model) -> dict:

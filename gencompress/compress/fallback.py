@@ -201,7 +201,10 @@ def search(session, fmt: str, min_psnr: float, float_p50: float, log=lambda msg:
     # 3. weight-only int8 (can be smaller than any mixed variant), then wider types
     if ranking:
         if fmt == "tflite":
-            float_tflite = convert_tflite(session.model, "float32")
+            # the session's float32 artifact of this model is already written: no second conversion
+            float_tflite = Path(
+                next(a["path"] for a in session.artifacts if a["format"] == "tflite" and a["precision"] == "float32")
+            ).read_bytes()
             attempt("weight-only int8", "int8-weights", lambda: tflite_weight_only(float_tflite))
         else:
             attempt("weight-only int8", "int8-weights", lambda: onnx_weight_only(float_bytes))

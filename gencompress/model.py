@@ -25,7 +25,7 @@ from gencompress.tfenv import import_keras, import_tf
 
 # Layers whose saved form is a reference into TensorFlow's API, not Python code of the file's.
 _SAFE_OP_LAYERS = {"TFOpLambda", "SlicingOpLambda"}
-_MODEL_CLASSES = {"Sequential", "Functional", "Model"}
+MODEL_CLASSES = {"Sequential", "Functional", "Model"}  # layers that are whole models
 _BOUNDED_ACTIVATIONS = {"tanh": (-1.0, 1.0), "sigmoid": (0.0, 1.0)}
 
 
@@ -107,7 +107,7 @@ class LoadedModel:
         if self.keras_model is None:
             return []
         rows = []
-        for layer in _iter_layers(self.keras_model):
+        for layer in iter_layers(self.keras_model):
             try:
                 shape = layer.output_shape
             except (AttributeError, RuntimeError):
@@ -213,7 +213,7 @@ def _walk_layer_configs(node):
 def _check_layers_safe(config: dict, trust_code: bool, custom_objects: dict) -> None:
     keras = import_keras()
     for name, cls in _walk_layer_configs(config.get("config", config)):
-        if cls in _MODEL_CLASSES or cls in _SAFE_OP_LAYERS or cls in custom_objects:
+        if cls in MODEL_CLASSES or cls in _SAFE_OP_LAYERS or cls in custom_objects:
             continue
         if cls == "Lambda":
             if not trust_code:
@@ -359,7 +359,7 @@ def _embedding_ranges(keras_model) -> dict:
     for name, tensor in zip(keras_model.input_names, keras_model.inputs):
         if not tensor.dtype.is_integer:
             continue
-        for layer in _iter_layers(keras_model):
+        for layer in iter_layers(keras_model):
             if isinstance(layer, keras.layers.Embedding) and _consumes(layer, tensor):
                 ranges[name] = int(layer.input_dim)
     return ranges
@@ -373,10 +373,11 @@ def _consumes(layer, tensor) -> bool:
     return False
 
 
-def _iter_layers(keras_model):
+def iter_layers(keras_model):
+    """Every layer, nested models flattened into their own layers."""
     for layer in keras_model.layers:
-        if hasattr(layer, "layers") and layer.__class__.__name__ in _MODEL_CLASSES:
-            yield from _iter_layers(layer)
+        if hasattr(layer, "layers") and layer.__class__.__name__ in MODEL_CLASSES:
+            yield from iter_layers(layer)
         else:
             yield layer
 

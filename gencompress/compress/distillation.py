@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gencompress.model import MODEL_CLASSES
 from gencompress.artifacts import derived_model_path, save_keras_atomic
 from gencompress.errors import OptionError, UnsupportedModelError
 from gencompress.tfenv import import_keras, import_tf
@@ -57,7 +58,6 @@ _CHANNEL_PRESERVING = {
     "Masking", "DepthwiseConv1D", "DepthwiseConv2D", "Identity",
 }
 _ELEMENTWISE = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"}
-_MODEL_CLASSES = {"Functional", "Sequential", "Model"}
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,7 @@ def _nodes(model) -> list[_Node]:
     nodes = []
     for layer in model.layers:
         cls = type(layer).__name__
-        if cls in _MODEL_CLASSES or hasattr(layer, "layers") and cls not in ("InputLayer",):
+        if cls in MODEL_CLASSES or hasattr(layer, "layers") and cls not in ("InputLayer",):
             raise UnsupportedModelError(
                 f"layer '{layer.name}' is a nested model: --width/--depth cannot look inside it "
                 "(rebuild the teacher flat, or give a --student architecture)"

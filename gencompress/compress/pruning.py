@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gencompress.model import iter_layers
 from gencompress.artifacts import derived_model_path, save_keras_atomic
 from gencompress.errors import OptionError, UnsupportedModelError
 from gencompress.tfenv import import_keras, import_tf
@@ -168,7 +169,7 @@ def select_layers(keras_model, config: PruneConfig) -> tuple[list[str], list[dic
     """Names of the layers to prune, and the layers left dense (name, class, params, reason)."""
     tfmot_registry = _registry()
     candidates, left = [], []
-    for layer in _leaf_layers(keras_model):
+    for layer in iter_layers(keras_model):
         cls = type(layer).__name__
         params = int(layer.count_params()) if layer.built else 0
         names = _prunable_weight_names(layer, tfmot_registry)
@@ -184,7 +185,7 @@ def select_layers(keras_model, config: PruneConfig) -> tuple[list[str], list[dic
 
     by_name = {layer.name: (layer, names) for layer, names in candidates}
     if config.layers is not None:
-        all_names = {layer.name for layer in _leaf_layers(keras_model)}
+        all_names = {layer.name for layer in iter_layers(keras_model)}
         unknown = [n for n in config.layers if n not in all_names]
         if unknown:
             raise OptionError(
@@ -272,14 +273,6 @@ def _left(layer, params, reason) -> dict:
     return {"name": layer.name, "class": type(layer).__name__, "params": int(params), "reason": reason}
 
 
-def _leaf_layers(model):
-    for layer in model.layers:
-        if hasattr(layer, "layers") and type(layer).__name__ in ("Functional", "Sequential", "Model"):
-            yield from _leaf_layers(layer)
-        else:
-            yield layer
-
-
 # --------------------------------------------------------------------------- pruning
 
 
@@ -335,7 +328,7 @@ def prune_model(
     )
     from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
-    wrappers = [layer for layer in _leaf_layers(wrapped) if isinstance(layer, PruneLowMagnitude)]
+    wrappers = [layer for layer in iter_layers(wrapped) if isinstance(layer, PruneLowMagnitude)]
     for w in wrappers:  # weights = weights * mask (the last optimizer step moved masked weights off 0)
         w.pruning_obj.weight_mask_op()
     stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
@@ -372,7 +365,7 @@ def _wrap(keras, tfmot, model, chosen: set, config: PruneConfig, schedule: dict)
 def measure_sparsity(keras_model, names) -> list[dict]:
     """Per layer: zeros in its prunable weights over their size, read from the weights."""
     registry = _registry()
-    layers = {layer.name: layer for layer in _leaf_layers(keras_model)}
+    layers = {layer.name: layer for layer in iter_layers(keras_model)}
     rows = []
     for name in names:
         layer = layers[name]
@@ -501,7 +494,7 @@ def tflite_weight_sparsity(path, kernels: dict[str, np.ndarray]) -> dict:
 
 def pruned_kernels(keras_model, rows: list[dict]) -> dict[str, np.ndarray]:
     """The pruned weights of ``rows`` (``PruneInfo.layers``), keyed by layer name."""
-    layers = {layer.name: layer for layer in _leaf_layers(keras_model)}
+    layers = {layer.name: layer for layer in iter_layers(keras_model)}
     return {r["name"]: _weight_value(layers[r["name"]], r["weight"]) for r in rows if r["weight"] in ("kernel", "pointwise_kernel")}
 
 

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gencompress.model import MODEL_CLASSES, iter_layers
 from gencompress.errors import ConversionError, OptionError, UnsupportedModelError
 from gencompress.tfenv import import_keras, import_tf, native_output_captured
 
@@ -61,7 +62,6 @@ _FOLD_AXIS = {
     "Conv3DTranspose": -2,
     "DepthwiseConv2D": "depthwise",
 }
-_MODEL_CLASSES = ("Functional", "Sequential", "Model")
 _CODE_LAYERS = ("TFOpLambda", "SlicingOpLambda", "Lambda", "TensorFlowOpLayer")
 # Activations tfmot's QuantizeAwareActivation knows (others raise at quantize_apply time).
 _TFMOT_ACTIVATIONS = {"linear", "relu", "swish", "gelu", "softmax", "sigmoid", "tanh", "relu6"}
@@ -109,8 +109,8 @@ def fold_batchnorm(keras_model):
         rows.append({"batchnorm": name, "into": prev if reason is None else None, "folded": reason is None, "reason": reason})
     # Nested models keep their BatchNorm layers (tfmot refuses nested models anyway).
     for layer in keras_model.layers:
-        if type(layer).__name__ in _MODEL_CLASSES:
-            for inner in _leaf_layers(layer):
+        if type(layer).__name__ in MODEL_CLASSES:
+            for inner in iter_layers(layer):
                 if type(inner).__name__ in ("BatchNormalization", "SyncBatchNormalization"):
                     rows.append({"batchnorm": inner.name, "into": None, "folded": False, "reason": f"inside nested model '{layer.name}'"})
     if not plan:
@@ -131,7 +131,7 @@ def fold_batchnorm(keras_model):
     for e in config["layers"]:
         if e["config"]["name"] in into:
             e["config"]["use_bias"] = True
-    custom = {type(layer).__name__: type(layer) for layer in _leaf_layers(keras_model)}
+    custom = {type(layer).__name__: type(layer) for layer in iter_layers(keras_model)}
     with keras.utils.custom_object_scope(custom):
         folded = (keras.Sequential if is_sequential else keras.Model).from_config(config)
     for layer in folded.layers:
@@ -229,14 +229,6 @@ def _redirect(x, redirect: dict):
     if isinstance(x, dict):
         return {k: _redirect(v, redirect) for k, v in x.items()}
     return x
-
-
-def _leaf_layers(model):
-    for layer in model.layers:
-        if type(layer).__name__ in _MODEL_CLASSES and hasattr(layer, "layers"):
-            yield from _leaf_layers(layer)
-        else:
-            yield layer
 
 
 # --------------------------------------------------------------------------- tfmot configs
@@ -531,7 +523,7 @@ def annotate(keras_model, prune_preserving: bool = False):
     registry = _registry(prune_preserving)
     quantized, left = [], []
     for layer in keras_model.layers:
-        if type(layer).__name__ in _MODEL_CLASSES:
+        if type(layer).__name__ in MODEL_CLASSES:
             raise UnsupportedModelError(
                 f"layer '{layer.name}' is a nested model: quantization-aware training (tfmot) needs a flat model"
             )
@@ -651,7 +643,7 @@ def build_qat_model(keras_model, calibration=None, prune_preserving: bool = Fals
     scheme = _scheme(prune_preserving)
     try:
         # tfmot rebuilds the model from its config: the model's own layer classes must resolve.
-        custom = {type(layer).__name__: type(layer) for layer in _leaf_layers(keras_model)}
+        custom = {type(layer).__name__: type(layer) for layer in iter_layers(keras_model)}
         with qk.quantize_scope({**custom, **_quantize_configs()}), native_output_captured():
             qat = qk.quantize_apply(annotated, scheme)
     except (ValueError, RuntimeError, TypeError) as exc:
@@ -1174,7 +1166,7 @@ def quantize_qat(
 
 def _check_flat(keras_model) -> None:
     for layer in keras_model.layers:
-        if type(layer).__name__ in _MODEL_CLASSES:
+        if type(layer).__name__ in MODEL_CLASSES:
             raise UnsupportedModelError(
                 f"layer '{layer.name}' is a nested model: quantization-aware training (tfmot) needs a flat model"
             )
@@ -1362,7 +1354,7 @@ def int8_kernel_sparsity(float_model, tflite_path=None) -> list[dict]:
             except ValueError:  # an activation: no data
                 continue
     rows = []
-    for layer in _leaf_layers(float_model):
+    for layer in iter_layers(float_model):
         if type(layer).__name__ not in _FOLD_AXIS or type(layer).__name__ == "DepthwiseConv2D":
             continue
         kernel = layer.get_weights()[0]

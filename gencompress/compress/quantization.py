@@ -57,9 +57,9 @@ def layers_in_name(name: str, layer_names: list[str]) -> tuple[str, ...]:
 def keras_layer_names(model) -> list[str]:
     if model.keras_model is None:
         return []
-    from gencompress.model import _iter_layers
+    from gencompress.model import iter_layers
 
-    return [layer.name for layer in _iter_layers(model.keras_model)]
+    return [layer.name for layer in iter_layers(model.keras_model)]
 
 
 def _output_layers(model) -> tuple[str, ...]:

@@ -110,3 +110,80 @@ def test_plain_savedmodel_converts(tmp_path):
         assert fidelity(session.reference, out, session.output_range)["psnr_db"] > 80.0
         out = _run(session, fmt, build_artifact(session, fmt, "int8"), tmp_path, f"sm-{fmt}-q")
         assert fidelity(session.reference, out, session.output_range)["psnr_db"] > 25.0
+
+
+def test_input_names_that_are_not_signature_keys(keras, tmp_path):
+    """from_keras_model writes no signature at all for an input named "Noise Input" (a published
+    cGAN does this): the runner then cannot call the model. Such names get sanitized keys."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from gencompress.model import load_model
+
+    keras.utils.set_random_seed(0)
+    z = keras.Input((6,), name="Noise Input")
+    label = keras.Input((1,), name="label Input", dtype="int32")
+    e = keras.layers.Flatten()(keras.layers.Embedding(3, 6)(label))
+    out = keras.layers.Dense(8, activation="tanh", name="image")(keras.layers.Multiply()([z, e]))
+    keras.Model([z, label], out).save(tmp_path / "spaces.h5")
+    model = load_model(tmp_path / "spaces.h5")
+    session = prepare(model, RunOptions(calibration_samples=16, eval_samples=8), tmp_path)
+    for precision, minimum in (("float32", 80.0), ("int8", 25.0)):
+        data = build_artifact(session, "tflite", precision)
+        signature = Interpreter(model_content=data).get_signature_list()["serving_default"]
+        assert sorted(signature["inputs"]) == ["Noise_Input", "label_Input"]
+        out = _run(session, "tflite", data, tmp_path, precision)
+        assert fidelity(session.reference, out, session.output_range)["psnr_db"] > minimum
+
+
+def test_calibration_records_true_ranges_of_residual_add_inputs(keras):
+    """TFLite's calibrator reads an op's inputs after the op ran, and LiteRT computes ADD in place:
+    the conv feeding a residual Add got the Add's range (true ±2, recorded up to 4.5). The ranges
+    gencompress records are the tensors' own."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from gencompress.calibration import build_sets
+    from gencompress.converters.tflite import calibrate, int8_converter
+    from gencompress.model import _from_keras
+    from gencompress.tfenv import native_output_captured
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((8, 8, 4), name="x")
+    h = keras.layers.Conv2D(4, 3, padding="same", name="c1")(x)
+    y = keras.layers.Add(name="add1")([h, keras.layers.Conv2D(4, 3, padding="same", name="c2")(h)])
+    model = _from_keras("mem", "h5", keras.Model(x, keras.layers.Conv2D(3, 3, padding="same", name="out")(y)))
+    calib, _ = build_sets(model.inputs, "noise", 16, 1, 0)
+
+    def ranges(flat_bytes):
+        flat = flatbuffer_utils.read_model_from_bytearray(bytearray(flat_bytes))
+        return {
+            t.name.decode(): (float(t.quantization.min[0]), float(t.quantization.max[0]))
+            for t in flat.subgraphs[0].tensors
+            if t.quantization is not None and t.quantization.min is not None and len(t.quantization.min) == 1
+        }
+
+    ours = ranges(calibrate(model, calib))
+    converter = int8_converter(model, calib)
+    converter._experimental_calibrate_only = True
+    with native_output_captured():
+        theirs = ranges(bytes(converter.convert()))
+    # the true ranges, from the float model with every tensor kept
+    interp = Interpreter(
+        model_content=calibrate(model, calib.take(1)),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        experimental_preserve_all_tensors=True,
+    )
+    interp.allocate_tensors()
+    true = {}
+    for sample in calib.samples():
+        interp.set_tensor(interp.get_input_details()[0]["index"], sample["x"])
+        interp.invoke()
+        for d in interp.get_tensor_details():
+            if d["name"] in ours:
+                v = interp.get_tensor(d["index"])
+                lo, hi = true.get(d["name"], (np.inf, -np.inf))
+                true[d["name"]] = (min(lo, float(v.min())), max(hi, float(v.max())))
+    conv2 = next(n for n in ours if "c2" in n and "add" not in n)
+    assert set(ours) == set(true) and all(ours[n] == pytest.approx(true[n], rel=1e-6) for n in ours)
+    assert theirs[conv2][1] > true[conv2][1] * 1.5  # the calibrator's range is the Add's
+    assert [n for n in ours if ours[n] != pytest.approx(theirs[n], rel=1e-6)] == [conv2]  # only that one differs

@@ -826,24 +826,16 @@ def convert_qat_tflite(qat_model, int8_io: bool = False, calibration=None) -> by
     # wrapper (the inner layer's saved call captures the quantized kernel of another graph), and
     # its silent fallback writes a model without a signature. A module holding only the variables
     # and one serving function saves cleanly; the signature keeps the model's input/output names.
-    names = list(qat_model.input_names)
-    specs = {n: tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype, name=n) for n, t in zip(names, qat_model.inputs)}
+    from gencompress.converters.tflite import serving_function
 
-    @tf.function(input_signature=[specs])
-    def serve(inputs):
-        out = qat_model(_ordered(inputs, names), training=False)
-        return dict(zip(qat_model.output_names, _as_list(out)))
-
-    module = tf.Module()
-    module.weights = list(qat_model.variables)
-    module.serve = serve
+    serve, module = serving_function(tf, qat_model)
     with tempfile.TemporaryDirectory(prefix="gencompress-qat-") as tmp:
         with native_output_captured():
             tf.saved_model.save(module, tmp, signatures={"serving_default": serve.get_concrete_function()})
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if calibration is not None:
-            converter.representative_dataset = _representative(calibration, names)
+            converter.representative_dataset = _representative(calibration, qat_model.input_names)
         if int8_io:
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
@@ -874,9 +866,11 @@ def _short_tensor_names(data: bytes) -> bytes:
 
 
 def _representative(calibration, names):
+    from gencompress.converters.tflite import signature_key
+
     def dataset():
         for sample in calibration.samples():
-            yield {n: sample[n] for n in names}
+            yield {signature_key(n): sample[n] for n in names}
 
     return dataset
 

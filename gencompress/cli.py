@@ -58,12 +58,13 @@ def run_options(f):
         [
             click.option("--format", "formats", default="tflite,onnx", show_default=True, callback=_comma_list(("tflite", "onnx")), help="Artifact formats, comma-separated."),
             click.option("--calibration", default="noise", show_default=True, help="Input source: 'noise', a .npy/.npz file (arrays keyed by input name) or a folder of PNG/JPEG images."),
-            click.option("--calibration-samples", default=200, show_default=True, type=int, help="Samples used to calibrate."),
-            click.option("--eval-samples", default=64, show_default=True, type=int, help="Held-out samples used to measure fidelity."),
+            click.option("--calibration-samples", type=int, help="Samples used to calibrate [default: 200, fewer for large outputs: 32 for a 384×384 image; a quarter with --fast]."),
+            click.option("--eval-samples", type=int, help="Held-out samples used to measure fidelity [default: 64, fewer for large outputs: 16 for a 384×384 image; a quarter with --fast]."),
             click.option("--seed", default=0, show_default=True, type=int, help="Seed for noise, shuffling and splits."),
             click.option("--input-range", default="-1,1", show_default=True, callback=_input_range, help="Value range images are scaled to (image-folder calibration)."),
             click.option("--threads", default=1, show_default=True, type=int, help="Runtime threads for latency."),
-            click.option("--latency-runs", default=50, show_default=True, type=int, help="Timed runs per artifact (after 10 warm-up runs)."),
+            click.option("--latency-runs", type=int, help="Timed runs per artifact, after up to 10 warm-up runs; at most about 5 s per artifact [default: 50; 10 with --fast]."),
+            click.option("--fast", is_flag=True, help="A quick look: a quarter of the calibration and evaluation samples and 10 latency runs (said in the report)."),
         ]
     ):
         f = option(f)
@@ -74,8 +75,11 @@ class _Group(click.Group):
     """Turns user errors (``GencompressError``) into one line on stderr and their exit code."""
 
     def invoke(self, ctx):
+        from gencompress.progress import Progress
+
         try:
-            return super().invoke(ctx)
+            with Progress().activate():
+                return super().invoke(ctx)
         except GencompressError as exc:
             click.echo(f"gencompress: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
@@ -124,14 +128,13 @@ def quantize(model, output_dir, trust_code, custom_objects, modes, int8_io, cali
         _run_command("quantize", model, output_dir, trust_code, custom_objects, precisions=modes, int8_io=int8_io, calibration_method=calibration_method, min_psnr=min_psnr, **run_kwargs)
         return
     from gencompress.compress.qat import qat_finetune_config, qat_summary, quantize_qat
-    from gencompress.model import load_model
     from gencompress.workflow import RunOptions
 
     finetune = qat_finetune_config(steps, batch_size, learning_rate, seed=run_kwargs["seed"])
     options = RunOptions(precisions=modes, int8_io=int8_io, calibration_method=calibration_method, min_psnr=min_psnr, **run_kwargs)
-    loaded = load_model(model, trust_code=trust_code, custom_objects_file=custom_objects)
+    loaded = _load_model(model, trust_code=trust_code, custom_objects_file=custom_objects)
     out = Path(output_dir) if output_dir else Path("gencompress-out") / loaded.stem
-    report = quantize_qat(loaded, options, finetune, out, data=data, log=lambda msg: click.echo(msg, err=True))
+    report = quantize_qat(loaded, options, finetune, out, data=data, log=_log)
     _finish(report, out, qat_summary(report))
 
 
@@ -149,13 +152,12 @@ def export(model, output_dir, trust_code, custom_objects, **run_kwargs):
 
 
 def _run_command(command, model_path, output_dir, trust_code, custom_objects, **option_kwargs):
-    from gencompress.model import load_model
     from gencompress.workflow import RunOptions, run
 
     options = RunOptions(**option_kwargs)
-    model = load_model(model_path, trust_code=trust_code, custom_objects_file=custom_objects)
+    model = _load_model(model_path, trust_code=trust_code, custom_objects_file=custom_objects)
     out = Path(output_dir) if output_dir else Path("gencompress-out") / model.stem
-    report = run(model, options, out, command, log=lambda msg: click.echo(msg, err=True))
+    report = run(model, options, out, command)
     return _finish(report, out)
 
 
@@ -174,12 +176,11 @@ def analyze(model, output_dir, trust_code, custom_objects, calibration_method, *
     Example:
       gencompress analyze sample_models/dcgan_digits.h5 --format tflite
     """
-    from gencompress.model import load_model
     from gencompress.report.render import sensitivity_table
     from gencompress.workflow import RunOptions, analyze as analyze_model
 
     options = RunOptions(calibration_method=calibration_method, **run_kwargs)
-    loaded = load_model(model, trust_code=trust_code, custom_objects_file=custom_objects)
+    loaded = _load_model(model, trust_code=trust_code, custom_objects_file=custom_objects)
     out = Path(output_dir) if output_dir else Path("gencompress-out") / loaded.stem
     report = analyze_model(loaded, options, out)
     click.echo(sensitivity_table(report))
@@ -197,9 +198,8 @@ def inspect(model, output_dir, trust_code, custom_objects, no_int8_check):
       gencompress inspect sample_models/sr_photos.h5
     """
     from gencompress.inspection import float_ops_in_int8, render_inspection
-    from gencompress.model import load_model
 
-    loaded = load_model(model, trust_code=trust_code, custom_objects_file=custom_objects)
+    loaded = _load_model(model, trust_code=trust_code, custom_objects_file=custom_objects)
     leftovers = None if no_int8_check else float_ops_in_int8(loaded)
     click.echo(render_inspection(loaded, leftovers))
 
@@ -246,7 +246,6 @@ def prune_command(model, output_dir, trust_code, custom_objects, sparsity, sched
     from gencompress.compress.finetune import FinetuneConfig
     from gencompress.compress.pruning import PruneConfig, prune
     from gencompress.errors import OptionError
-    from gencompress.model import load_model
     from gencompress.workflow import RunOptions
 
     if data is not None:
@@ -256,9 +255,9 @@ def prune_command(model, output_dir, trust_code, custom_objects, sparsity, sched
     prune_config = PruneConfig(sparsity=sparsity, schedule=schedule, begin_step=begin_step, end_step=end_step, structure=structure, layers=layers, skip_first=skip_first, skip_last=skip_last)
     finetune_config = FinetuneConfig(steps=steps, batch_size=batch_size, learning_rate=learning_rate, seed=run_kwargs["seed"])
     options = RunOptions(precisions=tuple(p for p in then or () if p != "qat") or ("float32",), min_psnr=min_psnr, **run_kwargs)
-    loaded = load_model(model, trust_code=trust_code, custom_objects_file=custom_objects)
+    loaded = _load_model(model, trust_code=trust_code, custom_objects_file=custom_objects)
     out = Path(output_dir) if output_dir else Path("gencompress-out") / loaded.stem
-    report = prune(loaded, prune_config, finetune_config, options, out, then=tuple(then or ()), log=lambda msg: click.echo(msg, err=True))
+    report = prune(loaded, prune_config, finetune_config, options, out, then=tuple(then or ()), log=_log)
     from gencompress.compress.pruning import pruning_summary
 
     return _finish(report, out, pruning_summary(report))
@@ -299,7 +298,6 @@ def distill_command(model, output_dir, trust_code, custom_objects, width, depth,
     from gencompress.compress.distillation import DistillConfig, distill, distillation_summary, make_strategy
     from gencompress.compress.finetune import FinetuneConfig
     from gencompress.errors import OptionError
-    from gencompress.model import load_model
     from gencompress.workflow import RunOptions
 
     if data is not None:
@@ -312,10 +310,10 @@ def distill_command(model, output_dir, trust_code, custom_objects, width, depth,
     finetune = FinetuneConfig(steps=steps, batch_size=batch_size, learning_rate=learning_rate, loss=loss, eval_every=eval_every, patience=patience, seed=run_kwargs["seed"])
     options = RunOptions(precisions=tuple(p for p in then or () if p != "qat") or ("float32",), min_psnr=min_psnr, **run_kwargs)
     strategy = make_strategy(distribute, cpu_devices)  # before TensorFlow's runtime starts (multi-worker needs it)
-    loaded = load_model(model, trust_code=trust_code, custom_objects_file=custom_objects)
-    student = load_model(student_path, trust_code=trust_code, custom_objects_file=custom_objects) if student_path else None
+    loaded = _load_model(model, trust_code=trust_code, custom_objects_file=custom_objects)
+    student = _load_model(student_path, trust_code=trust_code, custom_objects_file=custom_objects) if student_path else None
     out = Path(output_dir) if output_dir else Path("gencompress-out") / loaded.stem
-    report = distill(loaded, options, config, finetune, out, then=tuple(then or ()), student=student, strategy=strategy, checkpoint_dir=checkpoint_dir, log=lambda msg: click.echo(msg, err=True))
+    report = distill(loaded, options, config, finetune, out, then=tuple(then or ()), student=student, strategy=strategy, checkpoint_dir=checkpoint_dir, log=_log)
     out = Path(report["distillation"]["student_model"]).parent  # a non-chief worker writes into worker-<i>/
     return _finish(report, out, distillation_summary(report))
 
@@ -327,6 +325,8 @@ def _finish(report: dict, out: Path, summary: str | None = None) -> dict:
     from gencompress.workflow import fidelity_failures
 
     click.echo(terminal_table(report))
+    for note in report.get("notes", []):
+        click.echo(f"note: {note}")
     if summary:
         click.echo("\n" + summary)
     else:
@@ -344,6 +344,22 @@ def _finish(report: dict, out: Path, summary: str | None = None) -> dict:
         )
         raise ConversionError(f"{len(report['failures'])} artifact(s) failed: {failed}")
     return report
+
+
+def _load_model(path, trust_code: bool, custom_objects_file):
+    """``model.load_model`` as a phase of the run (a large model takes seconds to load and verify)."""
+    from gencompress.model import load_model
+    from gencompress.progress import Progress
+
+    with Progress.current().phase(f"loading {Path(path).name}"):
+        return load_model(path, trust_code=trust_code, custom_objects_file=custom_objects_file)
+
+
+def _log(message: str) -> None:
+    """A line on stderr, above any progress bar."""
+    from gencompress.progress import Progress
+
+    Progress.current().log(message)
 
 
 def main(argv=None):

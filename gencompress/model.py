@@ -76,8 +76,10 @@ class LoadedModel:
         """The range fixed by the output activation (tanh, sigmoid), or ``None`` if unbounded."""
         return _BOUNDED_ACTIVATIONS.get(self.output_activation)
 
-    def predict(self, feeds: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
-        """Float reference outputs, one array per model output, for inputs keyed by input name."""
+    def predict(self, feeds: dict[str, np.ndarray], batch_size: int = 16, on_batch=None) -> list[np.ndarray]:
+        """Float reference outputs, one array per model output, for inputs keyed by input name.
+
+        ``on_batch(n)`` is called after each batch of ``n`` samples (progress)."""
         tf = import_tf()
         n = len(next(iter(feeds.values())))
         chunks: list[list[np.ndarray]] = []
@@ -90,6 +92,8 @@ class LoadedModel:
                 out = self.signature(**{t.name: tf.constant(a) for t, a in zip(self.inputs, part)})
                 result = [out[t.name] for t in self.outputs]
             chunks.append([np.asarray(r) for r in result])
+            if on_batch is not None:
+                on_batch(len(part[0]))
         return [np.concatenate([c[i] for c in chunks]) for i in range(len(self.outputs))]
 
     def to_dict(self) -> dict:

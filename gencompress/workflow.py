@@ -15,8 +15,29 @@ from gencompress.artifacts import write_bytes_atomic
 from gencompress.calibration import CalibrationSet, build_sets
 from gencompress.converters import FORMATS, PRECISIONS
 from gencompress.errors import ConversionError, OptionError
+from gencompress.progress import Progress
 
 _EXT = {"tflite": ".tflite", "onnx": ".onnx"}
+
+
+# Sample counts left to gencompress (``None``) follow the model's output size: about this many
+# output values go through calibration and evaluation, within these bounds. A 16×16 generator
+# gets 200 calibration and 64 held-out samples; a 96→384 super-resolution model 32 and 16 (its
+# 16 held-out images are 7 million output values; 200 calibration images took 5 minutes).
+AUTO_CALIBRATION = (8_000_000, 32, 200)
+AUTO_EVALUATION = (2_000_000, 16, 64)
+# ``--fast``: a quarter of those (at least 8 each) and fewer latency runs.
+FAST_SHARE, FAST_MIN, FAST_LATENCY_RUNS = 4, 8, 10
+
+
+def auto_sample_counts(model, fast: bool = False) -> tuple[int, int]:
+    """Default (calibration, evaluation) sample counts for ``model`` (see ``AUTO_CALIBRATION``)."""
+    values = sum(int(np.prod(t.shape[1:])) for t in model.outputs)
+    counts = []
+    for budget, low, high in (AUTO_CALIBRATION, AUTO_EVALUATION):
+        n = min(high, max(low, -(-budget // values)))
+        counts.append(max(FAST_MIN, n // FAST_SHARE) if fast else n)
+    return counts[0], counts[1]
 
 
 @dataclass(frozen=True)
@@ -26,15 +47,16 @@ class RunOptions:
     precisions: tuple[str, ...] = ("int8",)
     formats: tuple[str, ...] = FORMATS
     calibration: str = "noise"
-    calibration_samples: int = 200
-    eval_samples: int = 64
+    calibration_samples: int | None = None  # None: from the model's size (auto_sample_counts)
+    eval_samples: int | None = None
     seed: int = 0
     input_range: tuple[float, float] = (-1.0, 1.0)
     calibration_method: str = "minmax"
     int8_io: bool = False
     threads: int = 1
-    latency_runs: int = 50
+    latency_runs: int | None = None  # None: 50 (10 with fast)
     min_psnr: float = 0.0
+    fast: bool = False
 
     def __post_init__(self):
         from gencompress.converters.onnx import CALIBRATION_METHODS
@@ -47,11 +69,11 @@ class RunOptions:
                 raise OptionError(f"unknown format '{f}' (choose from {', '.join(FORMATS)})")
         if not self.formats:
             raise OptionError("no output format given")
-        if self.calibration_samples < 1 or self.eval_samples < 1:
+        if any(n is not None and n < 1 for n in (self.calibration_samples, self.eval_samples)):
             raise OptionError("--calibration-samples and --eval-samples must be at least 1")
         if not (np.isfinite(self.min_psnr) and self.min_psnr >= 0):
             raise OptionError(f"--min-psnr must be a number of dB >= 0 (0 turns the guard off), got {self.min_psnr}")
-        if self.threads < 1 or self.latency_runs < 1:
+        if self.threads < 1 or (self.latency_runs is not None and self.latency_runs < 1):
             raise OptionError("--threads and latency runs must be at least 1")
         if self.calibration_method not in CALIBRATION_METHODS:
             raise OptionError(
@@ -60,6 +82,31 @@ class RunOptions:
         lo, hi = self.input_range
         if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
             raise OptionError(f"--input-range needs two finite numbers LOW < HIGH, got {lo}, {hi}")
+
+
+class RunCache:
+    """Work done once per run and reused by every artifact and search attempt: float ONNX
+    exports, TFLite calibrations and ONNX calibration ranges, per model (the original, a
+    pruned model, a student). Holding each model keeps its ``id`` unique for the run."""
+
+    def __init__(self):
+        self.onnx_exports: dict = {}
+        self.tflite_calibrations: dict = {}
+        self._dir = None
+
+    @property
+    def dir(self) -> Path:
+        """A temporary folder for the run's scratch files, removed by ``close``."""
+        import tempfile
+
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="gencompress-run-")
+        return Path(self._dir.name)
+
+    def close(self) -> None:
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
 
 
 @dataclass
@@ -77,7 +124,9 @@ class Session:
     artifacts: list[dict] = field(default_factory=list)
     failures: list[dict] = field(default_factory=list)
     float_sizes: dict = field(default_factory=dict)
-    onnx_exports: dict = field(default_factory=dict, repr=False)
+    notes: list[str] = field(default_factory=list)
+    progress: Progress = field(default_factory=Progress.silent, repr=False)
+    cache: RunCache = field(default_factory=RunCache, repr=False)
 
     def artifact_path(self, fmt: str, precision: str, tag: str = "") -> Path:
         """``<stem>[-tag].<precision>.<ext>``, e.g. ``dcgan-pruned.int8.tflite``."""
@@ -85,10 +134,13 @@ class Session:
         return self.output_dir / f"{self.model.stem}{tag}.{precision}{_EXT[fmt]}"
 
 
-def prepare(model, options: RunOptions, output_dir: str | Path) -> Session:
+def prepare(model, options: RunOptions, output_dir: str | Path, progress: Progress | None = None) -> Session:
     """Build calibration and held-out sets and the float reference outputs on the held-out set."""
     from gencompress.report.metrics import measured_output_range
 
+    progress = progress or Progress.current()
+    given = options
+    options = resolved_counts(options, model)
     calib, held = build_sets(
         model.inputs,
         options.calibration,
@@ -98,13 +150,29 @@ def prepare(model, options: RunOptions, output_dir: str | Path) -> Session:
         options.input_range,
         model.label_ranges,
     )
-    reference = model.predict(held.arrays)
+    with progress.phase(f"reference outputs of the float model on {len(held)} held-out samples", total=len(held), unit="sample") as phase:
+        reference = model.predict(held.arrays, on_batch=phase.update)
     known = model.known_output_range()
     if known is not None:
         output_range, source = known, model.output_activation
     else:
         output_range, source = measured_output_range(reference), "measured on the evaluation set"
-    return Session(model, options, Path(output_dir), calib, held, reference, output_range, source)
+    session = Session(model, options, Path(output_dir), calib, held, reference, output_range, source, progress=progress)
+    session.notes = run_notes(given, options, model)
+    return session
+
+
+def resolved_counts(options: RunOptions, model) -> RunOptions:
+    """``options`` with every sample count and latency run count decided (see ``auto_sample_counts``)."""
+    import dataclasses
+
+    calibration, evaluation = auto_sample_counts(model, options.fast)
+    return dataclasses.replace(
+        options,
+        calibration_samples=options.calibration_samples or calibration,
+        eval_samples=options.eval_samples or evaluation,
+        latency_runs=options.latency_runs or (FAST_LATENCY_RUNS if options.fast else 50),
+    )
 
 
 def build_artifact(session: Session, fmt: str, precision: str, model=None) -> bytes:
@@ -118,12 +186,18 @@ def build_artifact(session: Session, fmt: str, precision: str, model=None) -> by
 
     opts = session.options
     model = model if model is not None else session.model
-    if fmt == "tflite":
-        return convert_tflite(model, precision, session.calibration, int8_io=opts.int8_io)
-    float_bytes = float_onnx(session, model)
-    if precision == "float32":
-        return float_bytes
-    return quantize_onnx(float_bytes, precision, session.calibration, opts.calibration_method)
+    if fmt == "tflite" and precision == "int8":
+        return tflite_calibrated(session, model).build(int8_io=opts.int8_io)
+    if fmt == "onnx":
+        float_bytes = float_onnx(session, model)
+        if precision == "float32":
+            return float_bytes
+        if precision in ("int8", "int16x8"):
+            return quantize_onnx_calibrated(session, precision, opts.calibration_method, model=model)
+    with session.progress.phase(f"{fmt} {precision}: converting"):
+        if fmt == "tflite":
+            return convert_tflite(model, precision, session.calibration, int8_io=opts.int8_io)
+        return quantize_onnx(float_bytes, precision)
 
 
 def float_onnx(session: Session, model=None) -> bytes:
@@ -131,10 +205,48 @@ def float_onnx(session: Session, model=None) -> bytes:
     from gencompress.converters.onnx import export_onnx_float
 
     model = model if model is not None else session.model
-    cache = session.onnx_exports
+    cache = session.cache.onnx_exports
     if id(model) not in cache:
-        cache[id(model)] = (model, export_onnx_float(model))  # holding the model keeps its id unique
+        with session.progress.phase("onnx: exporting the float graph (tf2onnx)"):
+            cache[id(model)] = (model, export_onnx_float(model))
     return cache[id(model)][1]
+
+
+def tflite_calibrated(session: Session, model=None):
+    """``model`` (default: the session's) calibrated for TFLite once per run (``TFLiteMixed``)."""
+    from gencompress.compress.quantization import TFLiteMixed
+
+    model = model if model is not None else session.model
+    cache = session.cache.tflite_calibrations
+    if id(model) not in cache:
+        cache[id(model)] = (model, TFLiteMixed(model, session.calibration, session.progress))
+    return cache[id(model)][1]
+
+
+def quantize_onnx_calibrated(
+    session: Session, precision: str, method: str, nodes_to_exclude=(), range_overrides=None, model=None
+) -> bytes:
+    """Static ONNX quantization of ``model``'s float graph (default: the session's model),
+    calibrated once per model and method: onnxruntime writes the ranges to a cache file on the
+    first call and reads them on every later one (variants, mixed precision, int16x8)."""
+    from gencompress.converters.onnx import quantize_onnx
+
+    model = model if model is not None else session.model
+    float_bytes = float_onnx(session, model)
+    index = list(session.cache.onnx_exports).index(id(model))  # the model's place names its cache
+    cache = session.cache.dir / f"onnx-calibration-{index}-{method}.json"
+
+    def build(on_sample=None):
+        return quantize_onnx(
+            float_bytes, precision, session.calibration, method, list(nodes_to_exclude) or None,
+            range_overrides, calibration_cache=cache, on_sample=on_sample,
+        )
+
+    if cache.exists():
+        return build()
+    n = len(session.calibration)
+    with session.progress.phase(f"onnx: calibrating ({method}) on {n} samples", total=n, unit="sample") as phase:
+        return build(phase.update)
 
 
 def add_artifact(session: Session, fmt: str, precision: str, data: bytes, tag: str = "", notes=()) -> dict:
@@ -150,31 +262,42 @@ def add_artifact(session: Session, fmt: str, precision: str, data: bytes, tag: s
 
 def evaluate_artifact(session: Session, path: Path, fmt: str, precision: str) -> dict:
     """Size, gzip size, latency and fidelity of one artifact file against the float model."""
-    from gencompress.converters.onnx import OnnxRunner
-    from gencompress.converters.tflite import TFLiteRunner
     from gencompress.report.latency import measure_latency
     from gencompress.report.metrics import fidelity, sizes
 
-    model = session.model
-    runner_cls = TFLiteRunner if fmt == "tflite" else OnnxRunner
-    runner = runner_cls(
-        str(path), model.input_names, [t.name for t in model.outputs], threads=session.options.threads
-    )
-    outputs = runner.run_all(session.evaluation)
+    runner = make_runner(session, path, fmt)
+    with session.progress.phase(f"{path.name}: evaluating on {len(session.evaluation)} held-out samples", total=len(session.evaluation), unit="sample") as phase:
+        outputs = runner.run_all(session.evaluation, on_sample=phase.update)
+        quality = fidelity(session.reference, outputs, session.output_range)
+        phase.describe(f"PSNR {quality['psnr_db']} dB")
     size = sizes(path)
     if precision == "float32":  # the first float32 artifact of a format (the original) is the size reference
         session.float_sizes.setdefault(fmt, size["size_bytes"])
     float_size = session.float_sizes.get(fmt)
+    runs = session.options.latency_runs
+    with session.progress.phase(f"{path.name}: latency", total=runs, unit="run") as phase:
+        latency = measure_latency(runner, session.evaluation.sample(0), runs=runs, on_run=phase.update)
+        phase.describe(f"p50 {latency['p50']:.3f} ms over {latency['runs']} runs")
     return {
         "path": str(path),
         "format": fmt,
         "precision": precision,
         **size,
         "size_vs_float": None if not float_size else round(size["size_bytes"] / float_size, 4),
-        "latency_ms": measure_latency(runner, session.evaluation.sample(0), runs=session.options.latency_runs),
-        "fidelity": fidelity(session.reference, outputs, session.output_range),
+        "latency_ms": latency,
+        "fidelity": quality,
         "passed": None,
     }
+
+
+def make_runner(session: Session, path: Path, fmt: str):
+    """The runtime for an artifact of ``fmt``: LiteRT for .tflite, onnxruntime for .onnx."""
+    from gencompress.converters.onnx import OnnxRunner
+    from gencompress.converters.tflite import TFLiteRunner
+
+    model = session.model
+    runner_cls = TFLiteRunner if fmt == "tflite" else OnnxRunner
+    return runner_cls(str(path), model.input_names, [t.name for t in model.outputs], threads=session.options.threads)
 
 
 def add_guarded_int8(session: Session, fmt: str, log=lambda msg: None) -> dict:
@@ -242,7 +365,7 @@ def fidelity_failures(report: dict) -> list[str]:
 _NO_FLOOR_DB = 1e-6
 
 
-def build_artifacts(session: Session, precisions, log=lambda msg: None, hint: str = "") -> None:
+def build_artifacts(session: Session, precisions, log=None, hint: str = "") -> None:
     """Write and measure each precision per format (float32 first: it is the reference).
 
     int8 goes through the fidelity guard. When the session's own float model already misses
@@ -252,6 +375,7 @@ def build_artifacts(session: Session, precisions, log=lambda msg: None, hint: st
     ``session.failures`` and the others still go on.
     """
     opts = session.options
+    log = log or session.progress.log
     for fmt in opts.formats:
         for precision in precisions:
             try:
@@ -289,15 +413,18 @@ def _add_int8(session: Session, fmt: str, log, hint: str) -> dict:
     return result
 
 
-def run(model, options: RunOptions, output_dir: str | Path, command: str, log=lambda msg: None) -> dict:
+def run(model, options: RunOptions, output_dir: str | Path, command: str, progress: Progress | None = None) -> dict:
     """Build, write and measure the float32 reference and each requested precision, per format.
 
     Returns the report (also written as report.json / report.md into ``output_dir``).
     """
     from gencompress.report.render import write_report
 
-    session = prepare(model, options, output_dir)
-    build_artifacts(session, ["float32"] + [p for p in options.precisions if p != "float32"], log)
+    session = prepare(model, options, output_dir, progress)
+    try:
+        build_artifacts(session, ["float32"] + [p for p in options.precisions if p != "float32"])
+    finally:
+        session.cache.close()
     _grade(session)
     report = make_report(session, command)
     write_report(report, output_dir)
@@ -317,19 +444,46 @@ def make_report(session: Session, command: str) -> dict:
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()},
         "artifacts": session.artifacts,
         "failures": session.failures,
+        "notes": session.notes,
     }
     if any(a["precision"] in ("int8", "int16x8") for a in session.artifacts):
         report["calibration"] = {**session.calibration.describe(), "method": opts.calibration_method, "seed": opts.seed}
     return report
 
 
-def analyze(model, options: RunOptions, output_dir: str | Path) -> dict:
+def run_notes(given: RunOptions, used: RunOptions, model) -> list[str]:
+    """What the run decided about sample counts, said in the report and on the terminal."""
+    counts = (
+        f"{used.calibration_samples} calibration samples, {used.eval_samples} held-out samples, "
+        f"{used.latency_runs} latency runs"
+    )
+    if given.fast:
+        return [f"--fast: {counts}: a quick look; PSNR and latency are less precise than a full run"]
+    full = (AUTO_CALIBRATION[2], AUTO_EVALUATION[2])
+    reduced = [
+        f"{used_n} {what} (not {full_n})"
+        for what, given_n, used_n, full_n in (
+            ("calibration samples", given.calibration_samples, used.calibration_samples, full[0]),
+            ("held-out samples", given.eval_samples, used.eval_samples, full[1]),
+        )
+        if given_n is None and used_n < full_n
+    ]
+    if not reduced:
+        return []
+    values = sum(int(np.prod(t.shape[1:])) for t in model.outputs)
+    return [f"{' and '.join(reduced)}: each output holds {values:,} values (set --calibration-samples / --eval-samples to choose)"]
+
+
+def analyze(model, options: RunOptions, output_dir: str | Path, progress: Progress | None = None) -> dict:
     """Per-layer int8 sensitivity for each format, written as a report with a ``sensitivity`` key."""
     from gencompress.compress.fallback import sensitivity
     from gencompress.report.render import write_report
 
-    session = prepare(model, options, output_dir)
+    session = prepare(model, options, output_dir, progress)
     report = make_report(session, "analyze")
-    report["sensitivity"] = {fmt: sensitivity(session, fmt) for fmt in options.formats}
+    try:
+        report["sensitivity"] = {fmt: sensitivity(session, fmt) for fmt in options.formats}
+    finally:
+        session.cache.close()
     write_report(report, output_dir)
     return report

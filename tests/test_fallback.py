@@ -240,3 +240,44 @@ def test_onnx_weight_only_keeps_shared_weights_and_every_node():
     ref = ort.InferenceSession(fp, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     out = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.max(np.abs(out - ref)) < 0.02 * np.max(np.abs(ref))
+
+
+def test_every_search_variant_keeps_float_io(collapsing_h5, tmp_path):
+    """The guard's int8 variants used to be re-quantized with fully_quantize=True, which also made
+    the model's inputs and outputs int8 (a user feeding floats to the shipped file got garbage)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from gencompress.workflow import tflite_calibrated
+
+    session = prepare(load_model(collapsing_h5), RunOptions(calibration_samples=16, eval_samples=4), tmp_path)
+    mixed = tflite_calibrated(session)
+    for data in (mixed.build(), mixed.build(dense_per_tensor=True), mixed.build(mixed.units[:1])):
+        interp = Interpreter(model_content=data)
+        assert [d["dtype"] for d in interp.get_input_details() + interp.get_output_details()] == [np.float32] * 2
+    interp = Interpreter(model_content=mixed.build(int8_io=True))
+    assert [d["dtype"] for d in interp.get_input_details() + interp.get_output_details()] == [np.int8] * 2
+    # no units kept float: the converter's own int8 model, op for op
+    from gencompress.compress.quantization import _ops
+    from gencompress.converters.tflite import convert_tflite
+
+    assert [op for op, _ in _ops(mixed.build())] == [op for op, _ in _ops(convert_tflite(session.model, "int8", session.calibration))]
+
+
+def test_one_calibration_per_format_and_method(collapsing_h5, tmp_path):
+    """Calibration is the costliest step on large models: the search's many variants reuse it."""
+    from io import StringIO
+
+    from gencompress.progress import Progress
+    from gencompress.workflow import run
+
+    stream = StringIO()
+    options = RunOptions(calibration_samples=16, eval_samples=8, latency_runs=3, min_psnr=30.0, calibration_method="minmax")
+    report = run(load_model(collapsing_h5), options, tmp_path, "quantize", Progress(stream, bars=False))
+    log = stream.getvalue()
+    attempts = {a["format"]: len(a["fallback"]["attempts"]) for a in report["artifacts"] if "fallback" in a}
+    assert attempts["tflite"] > 3 and attempts["onnx"] > 3  # the collapsing model needs a real search
+    assert log.count("tflite: calibrating on 16 samples") == 1
+    # ONNX: once per calibration method the search tries (minmax, then percentile and entropy)
+    onnx_calibrations = [line for line in log.splitlines() if line.startswith("onnx: calibrating")]
+    assert len(onnx_calibrations) == len({line.split("(")[1].split(")")[0] for line in onnx_calibrations}) <= 3
+    assert not list(tmp_path.glob("candidate*")) and not list(tmp_path.glob("*.json.tmp"))

@@ -862,10 +862,10 @@ def distill(
         add_artifact(session, fmt, "float32", build_artifact(session, fmt, "float32"))
 
     finetune = dataclasses.replace(finetune, seed=options.seed)
-    source, val = training_sources(teacher, session.calibration, finetune.batch_size, options.seed, options.eval_samples)
+    source, val = training_sources(teacher, session.calibration, finetune.batch_size, options.seed, session.options.eval_samples)
     checkpoint = None
     if checkpoint_dir is not None:
-        checkpoint = TrainingCheckpoint(checkpoint_dir, _run_signature(teacher, student_keras, config, finetune, options))
+        checkpoint = TrainingCheckpoint(checkpoint_dir, _run_signature(teacher, student_keras, config, finetune, session.options))
     result, pairs = train_student(
         student_keras, teacher.keras_model, source, val, session.output_range, finetune,
         feature_weight=config.feature_weight, strategy=strategy, checkpoint=checkpoint,
@@ -880,7 +880,7 @@ def distill(
     )
     # The same session (held-out set, the teacher's outputs as reference, its float sizes)
     # around the student: artifacts <stem>-student.<precision>.<ext>, PSNR against the teacher.
-    derived = dataclasses.replace(session, model=student_loaded, artifacts=[], failures=[], onnx_exports={})
+    derived = dataclasses.replace(session, model=student_loaded, artifacts=[], failures=[])
     build_artifacts(derived, ["float32"] + [p for p in then if p not in ("float32", "qat")], log, "train longer or widen the student")
     qat = None
     if "qat" in then:

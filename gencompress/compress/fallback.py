@@ -20,13 +20,11 @@ report and the terminal say so (timings only ever inform, never choose).
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gencompress.compress.quantization import (
     TFLITE_OPS_DENIED_BY_TYPE,
-    TFLiteMixed,
     Unit,
     keras_layer_names,
     onnx_saturation_overrides,
@@ -75,21 +73,28 @@ class Measurer:
 
     def __init__(self, session, fmt: str, min_psnr: float, float_p50: float):
         self.session, self.fmt, self.min_psnr, self.float_p50 = session, fmt, min_psnr, float_p50
-        self._tmp = tempfile.TemporaryDirectory(prefix="gencompress-search-")
+        self._tmp = session.cache.dir
+        self.count = 0
 
     def __call__(self, label: str, precision: str, data: bytes, float_units=()) -> Attempt:
-        from gencompress.converters.onnx import OnnxRunner
-        from gencompress.converters.tflite import TFLiteRunner
         from gencompress.report.latency import measure_latency
         from gencompress.report.metrics import fidelity
+        from gencompress.workflow import make_runner
 
         s = self.session
-        path = Path(self._tmp.name) / f"candidate.{self.fmt}"
+        self.count += 1
+        path = self._tmp / f"candidate-{self.count}.{self.fmt}"
         path.write_bytes(data)
-        cls = TFLiteRunner if self.fmt == "tflite" else OnnxRunner
-        runner = cls(str(path), s.model.input_names, [t.name for t in s.model.outputs], threads=s.options.threads)
-        psnr = fidelity(s.reference, runner.run_all(s.evaluation), s.output_range)["psnr_db"]
-        p50 = measure_latency(runner, s.evaluation.sample(0), warmup=5, runs=30, max_seconds=1.0)["p50"]
+        try:
+            runner = make_runner(s, path, self.fmt)
+            n = len(s.evaluation)
+            with s.progress.phase(f"{self.fmt} try {self.count}: {label}", total=n, unit="sample") as phase:
+                outputs = runner.run_all(s.evaluation, on_sample=phase.update)
+                psnr = fidelity(s.reference, outputs, s.output_range, with_ssim=False)["psnr_db"]
+                p50 = measure_latency(runner, s.evaluation.sample(0), warmup=5, runs=30, max_seconds=1.0)["p50"]
+                phase.describe(f"{psnr} dB, {len(data):,} bytes, p50 {p50:.3f} ms")
+        finally:
+            path.unlink()
         return Attempt(
             label=label,
             precision=precision,
@@ -135,7 +140,6 @@ def search(session, fmt: str, min_psnr: float, float_p50: float, log=lambda msg:
         if fmt == "tflite" and precision == "mixed":
             a.float_units = tflite_float_ops(a.data, layer_names)  # what really stayed float
         attempts.append(a)
-        log(f"  {fmt} {label}: {a.psnr_db} dB, {a.size_bytes} bytes, p50 {a.p50_ms:.3f} ms")
         return a
 
     def try_variant(label, variant, floats=()):
@@ -148,23 +152,19 @@ def search(session, fmt: str, min_psnr: float, float_p50: float, log=lambda msg:
     # 1. int8 variants of the same size
     if fmt == "tflite":
         from gencompress.converters.tflite import convert_tflite
+        from gencompress.workflow import tflite_calibrated
 
-        mixed = TFLiteMixed(session.model, session.calibration)
+        mixed = tflite_calibrated(session)
         units = mixed.units
         int8_io = session.options.int8_io
-        attempt("int8", "int8", lambda: convert_tflite(session.model, "int8", session.calibration, int8_io))
-        if not int8_io:  # the variants are built with float I/O
-            for sat in [False, True] if mixed.clamped else [False]:
-                for dense in (False, True):
-                    label = "int8" + (", saturation-aware ranges" if sat else "") + (", per-tensor dense weights" if dense else "")
-                    variant = lambda floats, s=sat, d=dense: mixed.build(floats, dense_per_tensor=d, saturation_aware=s)  # noqa: E731
-                    if sat or dense:
-                        try_variant(label, variant)
-                    else:  # plain int8 is measured above; keep its rebuild for the later steps
-                        attempts[0].variant = variant
+        for sat in [False, True] if mixed.clamped else [False]:
+            for dense in (False, True):
+                label = "int8" + (", saturation-aware ranges" if sat else "") + (", per-tensor dense weights" if dense else "")
+                variant = lambda floats, s=sat, d=dense: mixed.build(floats, dense_per_tensor=d, saturation_aware=s, int8_io=int8_io)  # noqa: E731
+                try_variant(label, variant)
     else:
         from gencompress.converters.onnx import quantize_onnx
-        from gencompress.workflow import float_onnx
+        from gencompress.workflow import float_onnx, quantize_onnx_calibrated
 
         float_bytes = float_onnx(session)
         units = onnx_units(float_bytes, layer_names)
@@ -173,8 +173,7 @@ def search(session, fmt: str, min_psnr: float, float_p50: float, log=lambda msg:
 
         def onnx_variant(method, ranges):
             def build(floats):
-                names = [u.name for u in floats]
-                return quantize_onnx(float_bytes, "int8", session.calibration, method, names, ranges)
+                return quantize_onnx_calibrated(session, "int8", method, [u.name for u in floats], ranges)
 
             return build
 
@@ -213,7 +212,7 @@ def search(session, fmt: str, min_psnr: float, float_p50: float, log=lambda msg:
             attempt("int16 activations", "int16x8", lambda: convert_tflite(session.model, "int16x8", session.calibration))
             attempt("float16", "float16", lambda: convert_tflite(session.model, "float16"))
         else:
-            attempt("int16 activations", "int16x8", lambda: quantize_onnx(float_bytes, "int16x8", session.calibration, first))
+            attempt("int16 activations", "int16x8", lambda: quantize_onnx_calibrated(session, "int16x8", first))
             attempt("float16", "float16", lambda: quantize_onnx(float_bytes, "float16"))
     if not attempts:
         raise ConversionError(f"no {fmt} quantization could be built")
@@ -275,7 +274,9 @@ def sensitivity(session, fmt: str) -> dict:
     measure = Measurer(session, fmt, min_psnr=0.0, float_p50=float("inf"))
     notes = []
     if fmt == "tflite":
-        mixed = TFLiteMixed(session.model, session.calibration)
+        from gencompress.workflow import tflite_calibrated
+
+        mixed = tflite_calibrated(session)
         units = mixed.units
         full = measure("int8", "int8", mixed.build())
 
@@ -290,17 +291,15 @@ def sensitivity(session, fmt: str) -> dict:
                 "for them): for those rows 'all but' keeps every TRANSPOSE_CONV float and 'only' is not measurable"
             )
     else:
-        from gencompress.converters.onnx import quantize_onnx
-        from gencompress.workflow import float_onnx
+        from gencompress.workflow import float_onnx, quantize_onnx_calibrated
 
         float_bytes = float_onnx(session)
         units = onnx_units(float_bytes, keras_layer_names(session.model))
         method = session.options.calibration_method
-        full = measure("int8", "int8", quantize_onnx(float_bytes, "int8", session.calibration, method))
+        full = measure("int8", "int8", quantize_onnx_calibrated(session, "int8", method))
 
         def build(floats):
-            names = [u.name for u in floats]
-            return quantize_onnx(float_bytes, "int8", session.calibration, method, nodes_to_exclude=names)
+            return quantize_onnx_calibrated(session, "int8", method, [u.name for u in floats])
 
         stats = {}
     rows = []

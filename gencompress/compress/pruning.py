@@ -533,7 +533,7 @@ def prune(
     # The original first: the size and fidelity reference. Its int8 goes through the same guard
     # as the pruned model's, so that both are what `gencompress quantize` would write.
     build_artifacts(session, precisions, log, PRUNE_HINT)
-    source, val = training_sources(model, session.calibration, finetune_config.batch_size, options.seed, options.eval_samples)
+    source, val = training_sources(model, session.calibration, finetune_config.batch_size, options.seed, session.options.eval_samples)
     finetune_config = dataclasses.replace(finetune_config, seed=options.seed)
     pruned, info = prune_model(
         model.keras_model, prune_config, finetune_config,
@@ -543,7 +543,7 @@ def prune(
     pruned_loaded = dataclasses.replace(model, keras_model=pruned, path=str(saved), params=int(pruned.count_params()))
     # The same session (held-out set, original float reference, float sizes) around the pruned
     # model: its stem is <stem>-pruned, so its artifacts are <stem>-pruned.<precision>.<ext>.
-    derived = dataclasses.replace(session, model=pruned_loaded, artifacts=[], failures=[], onnx_exports={})
+    derived = dataclasses.replace(session, model=pruned_loaded, artifacts=[], failures=[])
     build_artifacts(derived, precisions, log, PRUNE_HINT)
     for a in derived.artifacts:
         a["variant"] = "pruned"

@@ -89,10 +89,15 @@ def quantize_onnx(
     calibration_method: str = "minmax",
     nodes_to_exclude: list[str] | None = None,
     range_overrides: dict | None = None,
+    calibration_cache: str | os.PathLike | None = None,
+    on_sample=None,
 ) -> bytes:
     """Quantize a float ONNX model with onnxruntime.
 
-    int8: static QDQ, per-channel int8 weights and int8 activations, calibrated on ``calibration``.
+    int8: static QDQ, per-channel int8 weights and int8 activations, calibrated on ``calibration``
+    (or read from ``calibration_cache``, a JSON file onnxruntime writes on the first call with
+    that path and reads on later ones: one calibration per model and method, whatever is then
+    excluded or overridden).
     int16x8: static QDQ with int16 activations. dynamic: int8 weights, activations quantized at
     run time. float16: weights and compute in float16, float32 inputs and outputs.
     """
@@ -128,7 +133,10 @@ def quantize_onnx(
                             self._it = iter(calibration.samples())
 
                         def get_next(self):
-                            return next(self._it, None)
+                            sample = next(self._it, None)
+                            if sample is not None and on_sample is not None:
+                                on_sample(1)
+                            return sample
 
                     method = {
                         "minmax": CalibrationMethod.MinMax,
@@ -145,6 +153,7 @@ def quantize_onnx(
                         weight_type=QuantType.QInt8,
                         calibrate_method=method,
                         nodes_to_exclude=nodes_to_exclude or [],
+                        calibration_cache_path=calibration_cache,
                         extra_options={
                             "CalibTensorRangeSymmetric": False,
                             **({"TensorQuantOverrides": range_overrides} if range_overrides else {}),
@@ -196,5 +205,13 @@ class OnnxRunner:
     def run(self, sample: dict[str, np.ndarray]) -> list[np.ndarray]:
         return [np.asarray(o, dtype=np.float32) for o in self.session.run(None, {n: sample[n] for n in self.input_names})]
 
-    def run_all(self, data) -> list[np.ndarray]:
-        return self.run(data.arrays)
+    def run_all(self, data, on_sample=None, batch: int = 8) -> list[np.ndarray]:
+        """Outputs for every sample of a ``CalibrationSet`` in batches of ``batch``;
+        ``on_sample(n)`` is called after each batch (progress)."""
+        n = len(data)
+        parts = []
+        for start in range(0, n, batch):
+            parts.append(self.run({k: v[start : start + batch] for k, v in data.arrays.items()}))
+            if on_sample is not None:
+                on_sample(min(batch, n - start))
+        return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]

@@ -6,22 +6,35 @@ import time
 
 import numpy as np
 
+# At least this many timed runs, whatever the time budget says.
+MIN_RUNS = 5
 
-def measure_latency(runner, sample: dict, warmup: int = 10, runs: int = 50, max_seconds: float = 5.0) -> dict:
+
+def measure_latency(
+    runner, sample: dict, warmup: int = 10, runs: int = 50, max_seconds: float = 5.0, on_run=None
+) -> dict:
     """p50/p90 milliseconds of ``runner.invoke()`` on one batch-1 ``sample``.
 
-    Stops early after ``max_seconds`` (at least 5 timed runs) so a slow artifact cannot stall a run.
+    Warm-up and timed runs each stop at their count or their share of ``max_seconds`` (a fifth
+    for warm-up, the rest for timing; at least one warm-up and ``MIN_RUNS`` timed runs), so a
+    model that takes half a second per image costs seconds here, not minutes. ``on_run(1)`` is
+    called after each timed run (progress).
     """
     runner.set_inputs(sample)
-    for _ in range(warmup):
+    start = time.perf_counter()
+    for i in range(warmup):
         runner.invoke()
+        if time.perf_counter() - start > max_seconds / 5:
+            break
     times = []
     start = time.perf_counter()
     for i in range(runs):
         t0 = time.perf_counter()
         runner.invoke()
         times.append((time.perf_counter() - t0) * 1000.0)
-        if i >= 4 and time.perf_counter() - start > max_seconds:
+        if on_run is not None:
+            on_run(1)
+        if i + 1 >= MIN_RUNS and time.perf_counter() - start > max_seconds * 4 / 5:
             break
     return {
         "p50": round(float(np.percentile(times, 50)), 4),

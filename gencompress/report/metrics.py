@@ -37,8 +37,13 @@ def ssim(reference: np.ndarray, test: np.ndarray, output_range: tuple[float, flo
     return float(np.mean(value.numpy()))
 
 
-def fidelity(reference: list[np.ndarray], test: list[np.ndarray], output_range: tuple[float, float]) -> dict:
-    """MSE, max absolute error, PSNR (dB, over ``output_range``) and SSIM of ``test`` vs ``reference``."""
+def fidelity(
+    reference: list[np.ndarray], test: list[np.ndarray], output_range: tuple[float, float], with_ssim: bool = True
+) -> dict:
+    """MSE, max absolute error, PSNR (dB, over ``output_range``) and SSIM of ``test`` vs ``reference``.
+
+    ``with_ssim=False`` skips SSIM (``None``): on large images it costs more than running the
+    artifact, and the fidelity search only needs PSNR."""
     ref = np.concatenate([r.astype(np.float64).ravel() for r in reference])
     out = np.concatenate([t.astype(np.float64).ravel() for t in test])
     if ref.shape != out.shape:
@@ -46,7 +51,7 @@ def fidelity(reference: list[np.ndarray], test: list[np.ndarray], output_range: 
     err = out - ref
     mse = float(np.mean(err**2)) if np.all(np.isfinite(err)) else float("nan")
     lo, hi = output_range
-    ssims = [ssim(r, t, output_range) for r, t in zip(reference, test)]
+    ssims = [ssim(r, t, output_range) for r, t in zip(reference, test)] if with_ssim else []
     ssims = [s for s in ssims if s is not None]
     return {
         "psnr_db": None if math.isnan(mse) else _round(psnr_db(mse, hi - lo)),

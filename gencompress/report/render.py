@@ -72,7 +72,8 @@ def markdown(report: dict) -> str:
     lines += ["| " + " | ".join(r) + " |" for r in _rows(report)]
     if "sensitivity" in report:
         lines += ["", sensitivity_table(report, markdown=True)]
-    notes = [f"- `{Path(a['path']).name}`: {n}" for a in report["artifacts"] for n in a.get("notes", [])]
+    notes = [f"- {n}" for n in report.get("notes", [])]
+    notes += [f"- `{Path(a['path']).name}`: {n}" for a in report["artifacts"] for n in a.get("notes", [])]
     notes += [f"- {f['format']} {f['precision']} FAILED: {f['error']}" for f in report.get("failures", [])]
     if notes:
         lines += ["", "## Notes", ""] + notes

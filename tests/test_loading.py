@@ -1,0 +1,290 @@
+"""Loading the model files people publish: Keras 3 .h5, old Keras 2 configs, and one-line errors
+for files that cannot load. Every model is tiny, seeded and built here."""
+
+import json
+import shutil
+import zipfile
+
+import h5py
+import numpy as np
+import pytest
+
+from gencompress.errors import ModelLoadError, UnsupportedModelError
+from gencompress.loading.config_check import iter_layer_configs
+from gencompress.model import load_model
+from gencompress.tfenv import import_keras, import_tf
+
+tf = import_tf()
+keras = import_keras()
+
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def rewrite_h5(path, edit, keras_version=None):
+    """Edit the model_config attribute of an .h5 file the test wrote (``edit`` changes the dict)."""
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        config = edit(config) or config
+        f.attrs["model_config"] = json.dumps(config)
+        if keras_version:
+            f.attrs["keras_version"] = keras_version
+            f["model_weights"].attrs["keras_version"] = keras_version
+
+
+def layer_config(config, name):
+    """The saved config dict of the layer called ``name``, wherever it is nested."""
+    for layer_name, _, cfg in iter_layer_configs(config):
+        if layer_name == name or cfg.get("name") == name:
+            return cfg
+    raise KeyError(name)
+
+
+def max_diff(a, b):
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def one_line(exc_info):
+    text = str(exc_info.value)
+    assert "\n" not in text, text
+    return text
+
+
+# --------------------------------------------------------------------------- 1. .h5 written by Keras 3
+
+
+def build_keras3_generator():
+    import keras as keras3
+
+    keras3.utils.set_random_seed(0)
+    z = keras3.Input((6,), name="z")
+    x = keras3.layers.Dense(4 * 4 * 4, name="project")(z)
+    x = keras3.layers.BatchNormalization(name="bn")(x)
+    x = keras3.layers.LeakyReLU(0.2, name="act")(x)
+    x = keras3.layers.Reshape((4, 4, 4), name="reshape")(x)
+    out = keras3.layers.Conv2DTranspose(2, 3, 2, padding="same", activation="tanh", name="image")(x)
+    model = keras3.Model(z, out, name="k3_generator")
+    bn = model.get_layer("bn")
+    rng = np.random.default_rng(0)
+    bn.set_weights([rng.uniform(0.5, 1.5, 64), rng.normal(0, 0.1, 64), rng.normal(0, 0.2, 64), rng.uniform(0.5, 2, 64)])
+    return model
+
+
+def test_walker_visits_layers_not_dtype_policies(tmp_path):
+    k3 = build_keras3_generator()
+    k3.save(tmp_path / "k3.h5")
+    with h5py.File(tmp_path / "k3.h5", "r") as f:
+        assert f.attrs["keras_version"].startswith("3")
+        config = json.loads(f.attrs["model_config"])
+    assert '"DTypePolicy"' in json.dumps(config)  # what the old walker took for a custom layer
+    names = [name for name, _, _ in iter_layer_configs(config)]
+    assert names == ["k3_generator", "z", "project", "bn", "act", "reshape", "image"]
+
+
+def test_keras3_h5_is_loaded_and_bridged(tmp_path):
+    k3 = build_keras3_generator()
+    path = tmp_path / "k3.h5"
+    k3.save(path)
+    before = path.read_bytes()
+    model = load_model(path)
+    assert model.format == "h5-keras3"
+    assert model.output_activation == "tanh"
+    assert model.params == k3.count_params()
+    x = np.random.default_rng(1).standard_normal((5, 6)).astype("float32")
+    assert max_diff(model.predict({"z": x})[0], k3(x)) <= 1e-5
+    assert type(model.keras_model).__module__.startswith("tf_keras")
+    assert path.read_bytes() == before
+
+
+def test_keras3_h5_code_is_refused_before_loading(tmp_path):
+    import keras as keras3
+
+    z = keras3.Input((4,), name="z")
+    out = keras3.layers.Lambda(lambda t: t * 2.0, name="double")(keras3.layers.Dense(4, name="d")(z))
+    keras3.Model(z, out).save(tmp_path / "lambda.h5")
+    with pytest.raises(UnsupportedModelError, match=r"'double' \(Lambda\).*--trust-code") as info:
+        load_model(tmp_path / "lambda.h5")
+    one_line(info)
+    with pytest.raises(UnsupportedModelError, match="cannot be bridged"):
+        load_model(tmp_path / "lambda.h5", trust_code=True)
+
+    class Scale(keras3.layers.Layer):
+        def call(self, x):
+            return x * 3.0
+
+    keras3.Model(z, Scale(name="scale3")(z)).save(tmp_path / "custom.h5")
+    with pytest.raises(UnsupportedModelError, match="'scale3' has custom class Scale"):
+        load_model(tmp_path / "custom.h5")
+
+
+# --------------------------------------------------------------------------- 3. Keras 2.1-2.4 configs
+
+
+def build_old_style_functional():
+    """Functional generator around a nested Sequential, with the layers 2018-2020 code used."""
+    keras.utils.set_random_seed(6)
+    body = keras.Sequential(
+        [
+            keras.Input((6, 6, 4)),
+            keras.layers.Conv2D(4, 3, padding="same", name="b_conv"),
+            keras.layers.PReLU(shared_axes=[1, 2], name="b_prelu"),
+            keras.layers.UpSampling2D(2, interpolation="bilinear", name="b_up"),
+        ],
+        name="body",
+    )
+    img = keras.Input((6, 6, 3), name="img")
+    x = keras.layers.ZeroPadding2D(1, name="pad")(img)
+    x = keras.layers.Conv2D(4, 3, name="conv")(x)
+    y = keras.layers.Cropping2D(((1, 1), (2, 0)), name="crop")(body(x))
+    skip = keras.layers.Cropping2D(((1, 1), (2, 0)), name="skip_crop")(keras.layers.UpSampling2D(2, name="skip_up")(img))
+    out = keras.layers.Conv2D(3, 1, activation="tanh", name="image")(keras.layers.Concatenate(name="cat")([y, skip]))
+    model = keras.Model(img, out, name="old_style")
+    model.get_layer("body").get_layer("b_prelu").set_weights([np.full((1, 1, 4), 0.25, np.float32)])
+    return model
+
+
+def build_old_style_sequential():
+    keras.utils.set_random_seed(7)
+    return keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(3 * 3 * 4, name="project"),
+            keras.layers.Reshape((3, 3, 4), name="reshape"),
+            keras.layers.UpSampling2D(2, interpolation="bilinear", name="up"),
+            keras.layers.Conv2D(2, 3, padding="same", name="conv"),
+            keras.layers.PReLU(name="prelu"),
+            keras.layers.ZeroPadding2D(((1, 0), (0, 1)), name="pad"),
+            keras.layers.Cropping2D(1, name="crop"),
+        ],
+        name="seq",
+    )
+
+
+def _inline_input(sequential_config):
+    """Drop a Sequential's InputLayer: Keras 2.2-2.4 put batch_input_shape on its first layer."""
+    layers = sequential_config["layers"]
+    if layers[0]["class_name"] == "InputLayer":
+        shape = layers.pop(0)["config"]["batch_input_shape"]
+        layers[0]["config"]["batch_input_shape"] = shape
+    return layers
+
+
+def keras24_nested(config):
+    config["class_name"] = "Model"  # TF <= 2.3 named functional models "Model"
+    _inline_input(layer_config(config, "body"))
+
+
+def keras21_nested(config):
+    config["class_name"] = "Model"
+    for entry in config["config"]["layers"]:
+        if entry["class_name"] == "Sequential":
+            entry["config"] = _inline_input(entry["config"])  # Keras 2.1: a bare list of layers
+            for layer in entry["config"][1:]:
+                layer["config"].pop("dtype")  # Keras 2.1 wrote a dtype on the first layer only
+        elif entry["class_name"] != "InputLayer":
+            entry["config"].pop("dtype")
+
+
+def keras21_sequential(config):
+    config["config"] = _inline_input(config["config"])
+
+
+def keras22_sequential(config):
+    _inline_input(config["config"])
+
+
+@pytest.mark.parametrize(
+    "build, edit, version",
+    [
+        (build_old_style_functional, keras24_nested, "2.4.0"),
+        (build_old_style_functional, keras21_nested, "2.1.6"),
+        (build_old_style_sequential, keras21_sequential, "2.1.6"),
+        (build_old_style_sequential, keras22_sequential, "2.2.4"),
+    ],
+    ids=["keras2.4-functional+sequential", "keras2.1-functional+bare-list-sequential", "keras2.1-bare-list-sequential", "keras2.2-sequential"],
+)
+def test_old_keras2_configs_load(tmp_path, build, edit, version):
+    original = build()
+    path = tmp_path / "old.h5"
+    original.save(path)
+    rewrite_h5(path, edit, keras_version=version)
+    with h5py.File(path, "r") as f:
+        config = json.loads(f.attrs["model_config"])
+    functional = config["class_name"] != "Sequential"
+    assert sum(cls == "InputLayer" for _, cls, _ in iter_layer_configs(config)) == int(functional)  # only "img"
+    model = load_model(path)
+    assert model.format == "h5"
+    shape = original.input_shape[1:]
+    x = np.random.default_rng(3).standard_normal((4, *shape)).astype("float32")
+    assert max_diff(model.predict({model.input_names[0]: x})[0], original(x)) <= 1e-6
+    names = [layer.name for layer in model.keras_model.layers]
+    if "body" in [layer.name for layer in original.layers]:
+        assert "body" in names  # the nested Sequential keeps its name when its config is a bare list
+        assert model.output_activation == "tanh"
+
+
+# --------------------------------------------------------------------------- 7. files that cannot load
+
+
+def _two_models(k):
+    small = k.Sequential([k.Input((4,), name="z"), k.layers.Dense(5, name="d")], name="m")
+    big = k.Sequential([k.Input((4,), name="z"), k.layers.Dense(5, name="d"), k.layers.Dense(3, name="e")], name="m")
+    wide = k.Sequential([k.Input((4,), name="z"), k.layers.Dense(7, name="d")], name="m")
+    return small, big, wide
+
+
+def _swap_archive_config(config_from, weights_from, out):
+    with zipfile.ZipFile(weights_from) as zw, zipfile.ZipFile(config_from) as zc, zipfile.ZipFile(out, "w") as zo:
+        for name in zw.namelist():
+            zo.writestr(name, zc.read(name) if name == "config.json" else zw.read(name))
+
+
+@pytest.mark.parametrize("writer", ["tf_keras", "keras3"])
+@pytest.mark.parametrize(
+    "config_of, weights_of, message",
+    [
+        ("big", "small", "Layer 'e' expected 2 variables, but received 0"),
+        ("wide", "small", "[Ss]hape"),
+        ("small", "big", "its weights file holds 4 arrays but its config builds a model with 2"),
+    ],
+    ids=["config-has-more-layers", "other-shapes", "weights-have-more-layers"],
+)
+def test_keras_archive_whose_weights_do_not_match(tmp_path, writer, config_of, weights_of, message):
+    import keras as keras3
+
+    models = dict(zip(("small", "big", "wide"), _two_models(keras if writer == "tf_keras" else keras3)))
+    for name, model in models.items():
+        model.save(tmp_path / f"{name}.keras")
+    path = tmp_path / "mixed.keras"
+    _swap_archive_config(tmp_path / f"{config_of}.keras", tmp_path / f"{weights_of}.keras", path)
+    with pytest.raises(ModelLoadError, match=f"{path}.*{message}") as info:
+        load_model(path)
+    one_line(info)
+
+
+@pytest.mark.parametrize(
+    "config_of, weights_of, message",
+    [("big", "small", "Layer count mismatch"), ("wide", "small", "Shape mismatch"), ("small", "big", "Layer count mismatch")],
+)
+def test_h5_whose_weights_do_not_match(tmp_path, config_of, weights_of, message):
+    models = dict(zip(("small", "big", "wide"), _two_models(keras)))
+    for name, model in models.items():
+        model.save(tmp_path / f"{name}.h5")
+    path = tmp_path / "mixed.h5"
+    shutil.copy(tmp_path / f"{weights_of}.h5", path)
+    with h5py.File(tmp_path / f"{config_of}.h5", "r") as f:
+        rewrite_h5(path, lambda _: json.loads(f.attrs["model_config"]))
+    with pytest.raises(ModelLoadError, match=f"cannot load {path}: .*{message}") as info:
+        load_model(path)
+    one_line(info)
+
+
+def test_truncated_keras3_h5(tmp_path):
+    build_keras3_generator().save(tmp_path / "k3.h5")
+    data = (tmp_path / "k3.h5").read_bytes()
+    path = tmp_path / "truncated.h5"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match=f"cannot read {path} as HDF5") as info:
+        load_model(path)
+    one_line(info)

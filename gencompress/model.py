@@ -28,6 +28,8 @@ from gencompress.loading.h5 import first_line as _first_line
 from gencompress.tfenv import import_keras, import_tf
 
 _BOUNDED_ACTIVATIONS = {"tanh": (-1.0, 1.0), "sigmoid": (0.0, 1.0)}
+# TF op layers (TFOpLambda) that end a model in a bounded activation.
+_ACTIVATION_SYMBOLS = {f"{ns}{fn}": fn for ns in ("", "math.", "nn.") for fn in _BOUNDED_ACTIVATIONS}
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,10 @@ def _output_activation(keras_model) -> str | None:
     names = set()
     for out in keras_model.outputs:
         layer = out._keras_history.layer
+        symbol = getattr(layer, "symbol", None)  # TFOpLambda: tf.math.tanh(x) as the last op
+        if isinstance(symbol, str):
+            names.add(_ACTIVATION_SYMBOLS.get(symbol))
+            continue
         activation = getattr(layer, "activation", None)
         names.add(getattr(activation, "__name__", None))
     name = names.pop() if len(names) == 1 else None

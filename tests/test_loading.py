@@ -1,5 +1,7 @@
-"""Loading the model files people publish: Keras 3 .h5, old Keras 2 configs, and one-line errors
-for files that cannot load. Every model is tiny, seeded and built here."""
+"""Loading the model files people publish: Keras 3 .h5, TF op layers, old Keras 2 configs,
+community layers, Lambdas marshalled by an older Python, nested output activations, and one-line
+errors for files that cannot load. Every model is tiny, seeded and built here; the real published
+generators are checked at the end when ../shared/real_generators is present."""
 
 import json
 import shutil
@@ -116,6 +118,123 @@ def test_keras3_h5_code_is_refused_before_loading(tmp_path):
     keras3.Model(z, Scale(name="scale3")(z)).save(tmp_path / "custom.h5")
     with pytest.raises(UnsupportedModelError, match="'scale3' has custom class Scale"):
         load_model(tmp_path / "custom.h5")
+
+
+# --------------------------------------------------------------------------- 2. TF op layers
+
+# NodeDefs as TF 2.0-2.3 saved them in TensorFlowOpLayer configs (json_format.MessageToDict).
+DEPTH_TO_SPACE_NODE = {
+    "name": "DepthToSpace", "op": "DepthToSpace", "input": ["conv/BiasAdd"],
+    "attr": {"block_size": {"i": "2"}, "data_format": {"s": "TkhXQw=="}, "T": {"type": "DT_FLOAT"}},
+}  # fmt: skip
+MUL_NODE = {"name": "Mul", "op": "Mul", "input": ["DepthToSpace", "Mul/y"], "attr": {"T": {"type": "DT_FLOAT"}}}
+
+
+def build_op_layer_model():
+    """Pixel shuffle three ways: a TF 2.3 TensorFlowOpLayer (times a constant 0.5), a TF >= 2.4
+    TFOpLambda (tf.nn.depth_to_space) and a SlicingOpLambda; ends in tf.math.tanh."""
+    from tf_keras.src.engine.base_layer import TensorFlowOpLayer
+
+    keras.utils.set_random_seed(4)
+    img = keras.Input((4, 4, 3), name="img")
+    conv = keras.layers.Conv2D(8, 3, padding="same", name="conv")(img)
+    a = TensorFlowOpLayer(DEPTH_TO_SPACE_NODE, name="DepthToSpace")(conv)
+    a = TensorFlowOpLayer(MUL_NODE, name="Mul", constants={1: np.float32(0.5)})(a)
+    b = tf.nn.depth_to_space(conv, 2)
+    out = tf.math.tanh(keras.layers.Concatenate(name="cat")([a, b[..., :1]]))
+    return keras.Model(img, out, name="op_layers")
+
+
+def depth_to_space(x, block=2):
+    n, h, w, c = x.shape
+    x = x.reshape(n, h, w, block, block, c // block**2).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, h * block, w * block, c // block**2)
+
+
+@pytest.fixture(scope="module")
+def op_layers_h5(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ops") / "op_layers.h5"
+    model = build_op_layer_model()
+    model.save(path)
+    x = np.random.default_rng(2).standard_normal((3, 4, 4, 3)).astype("float32")
+    conv = keras.Model(model.input, model.get_layer("conv").output)(x).numpy()
+    expected = np.tanh(np.concatenate([0.5 * depth_to_space(conv), depth_to_space(conv)[..., :1]], -1))
+    return path, x, expected
+
+
+def test_op_layers_load_by_default_and_compute_the_op(op_layers_h5):
+    path, x, expected = op_layers_h5
+    with h5py.File(path, "r") as f:
+        classes = {cls for _, cls, _ in iter_layer_configs(json.loads(f.attrs["model_config"]))}
+    assert {"TensorFlowOpLayer", "TFOpLambda", "SlicingOpLambda"} <= classes
+    model = load_model(path)
+    assert model.outputs[0].shape == (None, 8, 8, 3)
+    assert model.output_activation == "tanh"
+    assert max_diff(model.predict({"img": x})[0], expected) <= 1e-5
+
+
+def test_op_layer_model_converts_to_tflite_and_onnx(op_layers_h5, tmp_path):
+    from gencompress.converters.onnx import OnnxRunner, export_onnx_float
+    from gencompress.converters.tflite import TFLiteRunner, convert_tflite
+
+    path, x, expected = op_layers_h5
+    model = load_model(path)
+    outputs = [t.name for t in model.outputs]
+    (tmp_path / "m.tflite").write_bytes(convert_tflite(model, "float32"))
+    (tmp_path / "m.onnx").write_bytes(export_onnx_float(model))
+    tflite = TFLiteRunner(str(tmp_path / "m.tflite"), ["img"], outputs)
+    onnx = OnnxRunner(str(tmp_path / "m.onnx"), ["img"], outputs)
+    for i in range(len(x)):
+        assert max_diff(tflite.run({"img": x[i : i + 1]})[0], expected[i : i + 1]) <= 1e-5
+    assert max_diff(onnx.run({"img": x})[0], expected) <= 1e-5
+
+
+def _set_symbol(symbol):
+    def edit(config):
+        for _, cls, cfg in iter_layer_configs(config):
+            if cls == "TFOpLambda":
+                cfg["function"] = symbol
+
+    return edit
+
+
+def _set_op(op):
+    def edit(config):
+        layer_config(config, "DepthToSpace")["node_def"]["op"] = op
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_set_symbol("io.write_file"), r"'tf.nn.depth_to_space' \(TFOpLambda\) calls tf.io.write_file, which does file I/O"),
+        (_set_symbol("io.read_file"), r"calls tf.io.read_file, which does file I/O"),
+        (_set_symbol("print"), r"calls tf.print, which prints"),
+        (_set_symbol("numpy_function"), r"calls tf.numpy_function, which calls back into Python"),
+        (_set_symbol("compat.v1.py_func"), r"calls tf.compat.v1.py_func, which calls back into Python"),
+        (_set_symbol("summary.scalar"), r"calls tf.summary.scalar, which is not a tensor operation"),
+        (_set_symbol("load_op_library"), r"calls tf.load_op_library, which is not a tensor operation"),
+        (_set_symbol("raw_ops.SaveV2"), r"calls tf.raw_ops.SaveV2, which does file I/O"),
+        (_set_symbol("os.system"), r"names 'os.system', which is not a TensorFlow function"),
+        (_set_op("WriteFile"), r"'tf_op_layer_DepthToSpace' \(TensorFlowOpLayer\) runs TF op 'WriteFile', which does file I/O"),
+        (_set_op("PyFunc"), r"runs TF op 'PyFunc', which calls back into Python"),
+        (_set_op("EagerPyFunc"), r"runs TF op 'EagerPyFunc', which calls back into Python"),
+        (_set_op("PrintV2"), r"runs TF op 'PrintV2', which prints"),
+        (_set_op("WriteScalarSummary"), r"runs TF op 'WriteScalarSummary', which writes summaries"),
+        (_set_op("RestoreV2"), r"runs TF op 'RestoreV2', which saves or restores checkpoints"),
+        (_set_op("StatefulPartitionedCall"), r"runs TF op 'StatefulPartitionedCall', which calls graph functions"),
+        (_set_op("NoSuchOp"), r"runs TF op 'NoSuchOp', which this TensorFlow does not have"),
+    ],
+)
+def test_side_effecting_op_layers_are_refused(op_layers_h5, tmp_path, edit, message):
+    path = tmp_path / "edited.h5"
+    shutil.copy(op_layers_h5[0], path)
+    rewrite_h5(path, edit)
+    for trust_code in (False, True):
+        with pytest.raises(UnsupportedModelError, match=message) as info:
+            load_model(path, trust_code=trust_code)
+        one_line(info)
 
 
 # --------------------------------------------------------------------------- 3. Keras 2.1-2.4 configs

@@ -8,4 +8,6 @@ def builtin_objects() -> dict:
 
     A user's ``--custom-objects`` entries are merged over these, so theirs win.
     """
-    return {}
+    from gencompress.loading.config_check import tf_op_layer_class
+
+    return {"TensorFlowOpLayer": tf_op_layer_class()}

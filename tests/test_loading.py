@@ -4,6 +4,7 @@ errors for files that cannot load. Every model is tiny, seeded and built here; t
 generators are checked at the end when ../shared/real_generators is present."""
 
 import json
+import logging
 import shutil
 import zipfile
 
@@ -341,6 +342,447 @@ def test_old_keras2_configs_load(tmp_path, build, edit, version):
     if "body" in [layer.name for layer in original.layers]:
         assert "body" in names  # the nested Sequential keeps its name when its config is a bare list
         assert model.output_activation == "tanh"
+
+
+# --------------------------------------------------------------------------- 4. community layers
+# The reference implementations the built-ins must equal, as the generator code of the time had them.
+
+# keras_contrib's InstanceNormalization (keras_contrib/layers/normalization/instancenormalization.py,
+# MIT license). keras_contrib is not on PyPI; its build and call are restated here with tf-keras
+# imports, operation for operation.
+class ContribInstanceNormalization(keras.layers.Layer):
+    def __init__(self, axis=None, epsilon=1e-3, center=True, scale=True, beta_initializer="zeros",
+                 gamma_initializer="ones", beta_regularizer=None, gamma_regularizer=None,
+                 beta_constraint=None, gamma_constraint=None, **kwargs):  # fmt: skip
+        super().__init__(**kwargs)
+        self.supports_masking = True
+        self.axis = axis
+        self.epsilon = epsilon
+        self.center = center
+        self.scale = scale
+        self.beta_initializer = keras.initializers.get(beta_initializer)
+        self.gamma_initializer = keras.initializers.get(gamma_initializer)
+        self.beta_regularizer = keras.regularizers.get(beta_regularizer)
+        self.gamma_regularizer = keras.regularizers.get(gamma_regularizer)
+        self.beta_constraint = keras.constraints.get(beta_constraint)
+        self.gamma_constraint = keras.constraints.get(gamma_constraint)
+
+    def build(self, input_shape):
+        ndim = len(input_shape)
+        if self.axis == 0:
+            raise ValueError("Axis cannot be zero")
+        if (self.axis is not None) and (ndim == 2):
+            raise ValueError("Cannot specify axis for rank 1 tensor")
+        self.input_spec = keras.layers.InputSpec(ndim=ndim)
+        shape = (1,) if self.axis is None else (input_shape[self.axis],)
+        self.gamma = self.add_weight(shape=shape, name="gamma", initializer=self.gamma_initializer,
+                                     regularizer=self.gamma_regularizer, constraint=self.gamma_constraint) if self.scale else None  # fmt: skip
+        self.beta = self.add_weight(shape=shape, name="beta", initializer=self.beta_initializer,
+                                    regularizer=self.beta_regularizer, constraint=self.beta_constraint) if self.center else None  # fmt: skip
+        self.built = True
+
+    def call(self, inputs, training=None):
+        K = keras.backend
+        input_shape = K.int_shape(inputs)
+        reduction_axes = list(range(0, len(input_shape)))
+        if self.axis is not None:
+            del reduction_axes[self.axis]
+        del reduction_axes[0]
+        mean = K.mean(inputs, reduction_axes, keepdims=True)
+        stddev = K.std(inputs, reduction_axes, keepdims=True) + self.epsilon
+        normed = (inputs - mean) / stddev
+        broadcast_shape = [1] * len(input_shape)
+        if self.axis is not None:
+            broadcast_shape[self.axis] = input_shape[self.axis]
+        if self.scale:
+            normed = normed * K.reshape(self.gamma, broadcast_shape)
+        if self.center:
+            normed = normed + K.reshape(self.beta, broadcast_shape)
+        return normed
+
+    def get_config(self):
+        config = {
+            "axis": self.axis,
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+            "beta_initializer": keras.initializers.serialize(self.beta_initializer),
+            "gamma_initializer": keras.initializers.serialize(self.gamma_initializer),
+            "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
+            "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
+            "beta_constraint": keras.constraints.serialize(self.beta_constraint),
+            "gamma_constraint": keras.constraints.serialize(self.gamma_constraint),
+        }
+        return dict(list(super().get_config().items()) + list(config.items()))
+
+
+ContribInstanceNormalization.__name__ = "InstanceNormalization"  # the class name its files carry
+
+
+# tensorflow_addons 0.23.0 (PyPI wheel), tensorflow_addons/layers/normalizations.py.
+# Copyright 2019 The TensorFlow Authors. Licensed under the Apache License, Version 2.0.
+# Copied without docstrings, @typechecked and type annotations (typeguard and tfa's types module are
+# not installed) and without @register_keras_serializable(package="Addons"): the test registers
+# it only while saving, so that loading cannot find it.
+class GroupNormalization(tf.keras.layers.Layer):
+
+    def __init__(
+        self,
+        groups=32,
+        axis=-1,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+        self.groups = groups
+        self.axis = axis
+        self.epsilon = epsilon
+        self.center = center
+        self.scale = scale
+        self.beta_initializer = tf.keras.initializers.get(beta_initializer)
+        self.gamma_initializer = tf.keras.initializers.get(gamma_initializer)
+        self.beta_regularizer = tf.keras.regularizers.get(beta_regularizer)
+        self.gamma_regularizer = tf.keras.regularizers.get(gamma_regularizer)
+        self.beta_constraint = tf.keras.constraints.get(beta_constraint)
+        self.gamma_constraint = tf.keras.constraints.get(gamma_constraint)
+        self._check_axis()
+
+    def build(self, input_shape):
+
+        self._check_if_input_shape_is_none(input_shape)
+        self._set_number_of_groups_for_instance_norm(input_shape)
+        self._check_size_of_dimensions(input_shape)
+        self._create_input_spec(input_shape)
+
+        self._add_gamma_weight(input_shape)
+        self._add_beta_weight(input_shape)
+        self.built = True
+        super().build(input_shape)
+
+    def call(self, inputs):
+
+        input_shape = tf.keras.backend.int_shape(inputs)
+        tensor_input_shape = tf.shape(inputs)
+
+        reshaped_inputs, group_shape = self._reshape_into_groups(
+            inputs, input_shape, tensor_input_shape
+        )
+
+        normalized_inputs = self._apply_normalization(reshaped_inputs, input_shape)
+
+        is_instance_norm = (input_shape[self.axis] // self.groups) == 1
+        if not is_instance_norm:
+            outputs = tf.reshape(normalized_inputs, tensor_input_shape)
+        else:
+            outputs = normalized_inputs
+
+        return outputs
+
+    def get_config(self):
+        config = {
+            "groups": self.groups,
+            "axis": self.axis,
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+            "beta_initializer": tf.keras.initializers.serialize(self.beta_initializer),
+            "gamma_initializer": tf.keras.initializers.serialize(
+                self.gamma_initializer
+            ),
+            "beta_regularizer": tf.keras.regularizers.serialize(self.beta_regularizer),
+            "gamma_regularizer": tf.keras.regularizers.serialize(
+                self.gamma_regularizer
+            ),
+            "beta_constraint": tf.keras.constraints.serialize(self.beta_constraint),
+            "gamma_constraint": tf.keras.constraints.serialize(self.gamma_constraint),
+        }
+        base_config = super().get_config()
+        return {**base_config, **config}
+
+    def _reshape_into_groups(self, inputs, input_shape, tensor_input_shape):
+
+        group_shape = [tensor_input_shape[i] for i in range(len(input_shape))]
+        is_instance_norm = (input_shape[self.axis] // self.groups) == 1
+        if not is_instance_norm:
+            group_shape[self.axis] = input_shape[self.axis] // self.groups
+            group_shape.insert(self.axis, self.groups)
+            group_shape = tf.stack(group_shape)
+            reshaped_inputs = tf.reshape(inputs, group_shape)
+            return reshaped_inputs, group_shape
+        else:
+            return inputs, group_shape
+
+    def _apply_normalization(self, reshaped_inputs, input_shape):
+
+        group_shape = tf.keras.backend.int_shape(reshaped_inputs)
+        group_reduction_axes = list(range(1, len(group_shape)))
+        is_instance_norm = (input_shape[self.axis] // self.groups) == 1
+        if not is_instance_norm:
+            axis = -2 if self.axis == -1 else self.axis - 1
+        else:
+            axis = -1 if self.axis == -1 else self.axis - 1
+        group_reduction_axes.pop(axis)
+
+        mean, variance = tf.nn.moments(
+            reshaped_inputs, group_reduction_axes, keepdims=True
+        )
+
+        gamma, beta = self._get_reshaped_weights(input_shape)
+        normalized_inputs = tf.nn.batch_normalization(
+            reshaped_inputs,
+            mean=mean,
+            variance=variance,
+            scale=gamma,
+            offset=beta,
+            variance_epsilon=self.epsilon,
+        )
+        return normalized_inputs
+
+    def _get_reshaped_weights(self, input_shape):
+        broadcast_shape = self._create_broadcast_shape(input_shape)
+        gamma = None
+        beta = None
+        if self.scale:
+            gamma = tf.reshape(self.gamma, broadcast_shape)
+
+        if self.center:
+            beta = tf.reshape(self.beta, broadcast_shape)
+        return gamma, beta
+
+    def _check_if_input_shape_is_none(self, input_shape):
+        dim = input_shape[self.axis]
+        if dim is None:
+            raise ValueError(
+                "Axis " + str(self.axis) + " of "
+                "input tensor should have a defined dimension "
+                "but the layer received an input with shape " + str(input_shape) + "."
+            )
+
+    def _set_number_of_groups_for_instance_norm(self, input_shape):
+        dim = input_shape[self.axis]
+
+        if self.groups == -1:
+            self.groups = dim
+
+    def _check_size_of_dimensions(self, input_shape):
+
+        dim = input_shape[self.axis]
+        if dim < self.groups:
+            raise ValueError(
+                "Number of groups (" + str(self.groups) + ") cannot be "
+                "more than the number of channels (" + str(dim) + ")."
+            )
+
+        if dim % self.groups != 0:
+            raise ValueError(
+                "Number of groups (" + str(self.groups) + ") must be a "
+                "multiple of the number of channels (" + str(dim) + ")."
+            )
+
+    def _check_axis(self):
+
+        if self.axis == 0:
+            raise ValueError(
+                "You are trying to normalize your batch axis. Do you want to "
+                "use tf.layer.batch_normalization instead"
+            )
+
+    def _create_input_spec(self, input_shape):
+
+        dim = input_shape[self.axis]
+        self.input_spec = tf.keras.layers.InputSpec(
+            ndim=len(input_shape), axes={self.axis: dim}
+        )
+
+    def _add_gamma_weight(self, input_shape):
+
+        dim = input_shape[self.axis]
+        shape = (dim,)
+
+        if self.scale:
+            self.gamma = self.add_weight(
+                shape=shape,
+                name="gamma",
+                initializer=self.gamma_initializer,
+                regularizer=self.gamma_regularizer,
+                constraint=self.gamma_constraint,
+            )
+        else:
+            self.gamma = None
+
+    def _add_beta_weight(self, input_shape):
+
+        dim = input_shape[self.axis]
+        shape = (dim,)
+
+        if self.center:
+            self.beta = self.add_weight(
+                shape=shape,
+                name="beta",
+                initializer=self.beta_initializer,
+                regularizer=self.beta_regularizer,
+                constraint=self.beta_constraint,
+            )
+        else:
+            self.beta = None
+
+    def _create_broadcast_shape(self, input_shape):
+        broadcast_shape = [1] * len(input_shape)
+        is_instance_norm = (input_shape[self.axis] // self.groups) == 1
+        if not is_instance_norm:
+            broadcast_shape[self.axis] = input_shape[self.axis] // self.groups
+            broadcast_shape.insert(self.axis, self.groups)
+        else:
+            broadcast_shape[self.axis] = self.groups
+        return broadcast_shape
+
+
+class InstanceNormalization(GroupNormalization):
+
+    def __init__(self, **kwargs):
+        if "groups" in kwargs:
+            logging.warning("The given value for groups will be overwritten.")
+
+        kwargs["groups"] = -1
+        super().__init__(**kwargs)
+
+
+AddonsInstanceNormalization = InstanceNormalization
+
+
+# The ReflectionPadding2D copied across Keras CycleGAN / pix2pix repositories (the form of the
+# keras.io CycleGAN example): padding is (width, height).
+class CommonReflectionPadding2D(keras.layers.Layer):
+    def __init__(self, padding=(1, 1), **kwargs):
+        self.padding = tuple(padding)
+        super().__init__(**kwargs)
+
+    def compute_output_shape(self, s):
+        return (s[0], s[1] + 2 * self.padding[1], s[2] + 2 * self.padding[0], s[3])
+
+    def call(self, input_tensor, mask=None):
+        padding_width, padding_height = self.padding
+        padding_tensor = [[0, 0], [padding_height, padding_height], [padding_width, padding_width], [0, 0]]
+        return tf.pad(input_tensor, padding_tensor, mode="REFLECT")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"padding": self.padding})
+        return config
+
+
+# The other common form: ZeroPadding2D's ((top, bottom), (left, right)) padding, reflected.
+class ZeroPaddingReflectionPadding2D(keras.layers.ZeroPadding2D):
+    def call(self, x):
+        (top, bottom), (left, right) = self.padding
+        return tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], mode="REFLECT")
+
+
+CommonReflectionPadding2D.__name__ = ZeroPaddingReflectionPadding2D.__name__ = "ReflectionPadding2D"
+
+
+def _randomize(model, seed):
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(1.0 if w.name.endswith("gamma:0") else 0.0, 0.3, w.shape).astype("float32") for w in model.weights])
+
+
+def build_with(norm, pad, seed=8):
+    """A tiny CycleGAN-style block: reflection pad, conv, instance norm, relu, conv."""
+    keras.utils.set_random_seed(seed)
+    img = keras.Input((6, 6, 3), name="img")
+    x = pad(keras.layers.Conv2D(4, 1, name="c0")(img))
+    x = keras.layers.Conv2D(4, 3, name="c1")(x)
+    x = keras.layers.Activation("relu", name="relu")(norm(x))
+    out = keras.layers.Conv2D(3, 3, padding="same", activation="tanh", name="image")(x)
+    model = keras.Model(img, out, name="community")
+    _randomize(model, seed)
+    return model
+
+
+COMMUNITY_CASES = {
+    "keras_contrib-axis-None": (lambda: ContribInstanceNormalization(axis=None, name="norm"), lambda: CommonReflectionPadding2D((1, 1), name="rpad")),
+    "keras_contrib-axis-3": (lambda: ContribInstanceNormalization(axis=3, epsilon=1e-5, name="norm"), lambda: CommonReflectionPadding2D((2, 2), name="rpad")),
+    "tensorflow_addons": (lambda: AddonsInstanceNormalization(axis=-1, epsilon=1e-3, name="norm"), lambda: ZeroPaddingReflectionPadding2D(((1, 2), (0, 3)), name="rpad")),
+    "tensorflow_addons-no-center": (lambda: AddonsInstanceNormalization(axis=3, center=False, name="norm"), lambda: ZeroPaddingReflectionPadding2D(1, name="rpad")),
+}
+
+
+def save_with_reference(model, path):
+    # tensorflow_addons registers its layers as "Addons>..."; registered only while saving, so
+    # the load below cannot find the reference class and must use gencompress' built-in.
+    from tf_keras.src.saving import object_registration as registry
+
+    keras.saving.register_keras_serializable(package="Addons")(AddonsInstanceNormalization)
+    try:
+        model.save(path)
+    finally:
+        registry._GLOBAL_CUSTOM_OBJECTS.pop("Addons>InstanceNormalization")
+        registry._GLOBAL_CUSTOM_NAMES.pop(AddonsInstanceNormalization)
+
+
+@pytest.mark.parametrize("case", list(COMMUNITY_CASES))
+def test_community_layers_equal_their_original(tmp_path, case):
+    norm, pad = COMMUNITY_CASES[case]
+    reference = build_with(norm(), pad())
+    path = tmp_path / "community.h5"
+    save_with_reference(reference, path)
+    with h5py.File(path, "r") as f:
+        classes = [cls for _, cls, _ in iter_layer_configs(json.loads(f.attrs["model_config"]))]
+    assert ("Addons>InstanceNormalization" in classes) == case.startswith("tensorflow_addons")
+    model = load_model(path)  # by default: no --trust-code, no code from anywhere but gencompress
+    for name in ("norm", "rpad"):
+        assert type(model.keras_model.get_layer(name)).__module__ == "gencompress.loading.community_layers"
+    x = np.random.default_rng(9).standard_normal((4, 6, 6, 3)).astype("float32")
+    assert max_diff(model.predict({"img": x})[0], reference(x)) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "layer, edit, message",
+    [
+        ("norm", lambda cfg: cfg.update(momentum=0.9), "custom class InstanceNormalization .*unknown config keys momentum"),
+        ("norm", lambda cfg: cfg.pop("gamma_constraint"), "custom class InstanceNormalization .*missing gamma_constraint"),
+        ("rpad", lambda cfg: cfg.update(padding=[1, 2]), r"custom class ReflectionPadding2D \(padding \[1, 2\] is ambiguous"),
+        ("rpad", lambda cfg: cfg.update(mode="SYMMETRIC"), "custom class ReflectionPadding2D .*unknown config keys mode"),
+    ],
+)
+def test_community_lookalikes_stay_custom(tmp_path, layer, edit, message):
+    path = tmp_path / "lookalike.h5"
+    build_with(ContribInstanceNormalization(name="norm"), CommonReflectionPadding2D(name="rpad")).save(path)
+    rewrite_h5(path, lambda config: edit(layer_config(config, layer)) and None)
+    with pytest.raises(UnsupportedModelError, match=message + ".*--trust-code --custom-objects"):
+        load_model(path)
+
+
+def test_users_class_wins_over_the_builtin(tmp_path):
+    path = tmp_path / "community.h5"
+    build_with(ContribInstanceNormalization(name="norm"), CommonReflectionPadding2D(name="rpad")).save(path)
+    objects = tmp_path / "objects.py"
+    objects.write_text(
+        "import tf_keras as keras\n"
+        "class InstanceNormalization(keras.layers.Layer):\n"
+        "    def __init__(self, axis=None, epsilon=1e-3, center=True, scale=True, **kwargs):\n"
+        "        for key in list(kwargs):\n"
+        "            if key.endswith(('_initializer', '_regularizer', '_constraint')):\n"
+        "                kwargs.pop(key)\n"
+        "        super().__init__(**kwargs)\n"
+        "    def build(self, input_shape):\n"
+        "        self.gamma = self.add_weight(name='gamma', shape=(1,))\n"
+        "        self.beta = self.add_weight(name='beta', shape=(1,))\n"
+        "    def call(self, x):\n"
+        "        return x * 0.0\n"
+    )
+    model = load_model(path, trust_code=True, custom_objects_file=str(objects))
+    assert type(model.keras_model.get_layer("norm")).__module__ == "gencompress_custom_objects"
+    assert type(model.keras_model.get_layer("rpad")).__module__ == "gencompress.loading.community_layers"
 
 
 # --------------------------------------------------------------------------- 7. files that cannot load

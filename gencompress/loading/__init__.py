@@ -1,5 +1,6 @@
 """Reading saved Keras models safely: the pre-load config check, the layers gencompress provides
-itself and the ``.h5`` loader (tf-keras, Keras 3). ``gencompress.model.load_model`` is the entry point; these modules are its parts.
+itself (community layers, TF op layers) and the ``.h5`` loader (tf-keras, Keras 3).
+``gencompress.model.load_model`` is the entry point; these modules are its parts.
 """
 
 
@@ -8,6 +9,7 @@ def builtin_objects() -> dict:
 
     A user's ``--custom-objects`` entries are merged over these, so theirs win.
     """
+    from gencompress.loading.community_layers import community_objects
     from gencompress.loading.config_check import tf_op_layer_class
 
-    return {"TensorFlowOpLayer": tf_op_layer_class()}
+    return {**community_objects(), "TensorFlowOpLayer": tf_op_layer_class()}

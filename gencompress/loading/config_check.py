@@ -2,9 +2,9 @@
 
 The ``.h5`` loaders unmarshal Lambda bytecode while they deserialize and have no safe mode, so
 the config is read as JSON and checked first. What loads by default is what runs no Python code
-from the file: Keras' own layers and TF op layers, which only *name* a TensorFlow function or
-op. Those names are checked too: a TF op layer could otherwise write files or call back into
-Python.
+from the file: Keras' own layers, layers gencompress provides itself (``community_layers``) and
+TF op layers, which only *name* a TensorFlow function or op. Those names are checked too: a
+TF op layer could otherwise write files or call back into Python.
 """
 
 from __future__ import annotations
@@ -104,6 +104,8 @@ def check_config(config, trust_code: bool, custom_objects: dict, is_known_layer,
     ``is_known_layer(class_name)`` tells the Keras that will load the file's own layer classes;
     ``custom_hint`` replaces the advice given for a custom class.
     """
+    from gencompress.loading.community_layers import community_match
+
     for name, cls, cfg in iter_layer_configs(config):
         if cls in MODEL_CLASSES or isinstance(custom_objects.get(cls), type):
             continue
@@ -120,14 +122,16 @@ def check_config(config, trust_code: bool, custom_objects: dict, is_known_layer,
         if cls == TF_OP_LAYER:
             _check_tf_op(name, cls, _node_def_op(name, cfg.get("node_def")))
             continue
-        if is_known_layer(cls):
+        builtin, mismatch = community_match(cls, cfg)
+        if builtin is not None or (mismatch is None and is_known_layer(cls)):
             continue
         hint = custom_hint or (
             "define it in the --custom-objects file"
             if trust_code
             else "pass --trust-code --custom-objects FILE.py defining it"
         )
-        raise UnsupportedModelError(f"layer '{name}' has custom class {cls}: {hint}")
+        why = f" ({mismatch})" if mismatch else ""
+        raise UnsupportedModelError(f"layer '{name}' has custom class {cls}{why}: {hint}")
 
 
 def _check_tf_symbol(name: str, cls: str, symbol) -> None:

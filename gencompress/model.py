@@ -177,7 +177,9 @@ def _import_custom_objects(custom_objects_file, trust_code) -> dict:
         raise ModelLoadError(
             f"cannot import custom objects file {custom_objects_file}: {type(exc).__name__}: {_first_line(exc)}"
         ) from None
-    return {k: v for k, v in vars(module).items() if isinstance(v, type)}
+    # Every public name, not only classes: they are also the globals of trusted Lambda
+    # functions, whose helpers (functions, modules such as tf) a file may be all about.
+    return {k: v for k, v in vars(module).items() if not k.startswith("_")}
 
 
 def _keras_zip_config(p: Path) -> dict:

@@ -3,9 +3,12 @@ community layers, Lambdas marshalled by an older Python, nested output activatio
 errors for files that cannot load. Every model is tiny, seeded and built here; the real published
 generators are checked at the end when ../shared/real_generators is present."""
 
+import base64
 import json
 import logging
 import shutil
+import subprocess
+import sys
 import zipfile
 
 import h5py
@@ -785,6 +788,126 @@ def test_users_class_wins_over_the_builtin(tmp_path):
     assert type(model.keras_model.get_layer("rpad")).__module__ == "gencompress.loading.community_layers"
 
 
+# --------------------------------------------------------------------------- 5. Lambdas from an older Python
+
+
+def squash(x):  # the Lambda helper a model's training code defines; see CUSTOM_HELPERS
+    return tf.tanh(x) * 0.9
+
+
+CUSTOM_HELPERS = "import tensorflow as tf\n\ndef squash(x):\n    return tf.tanh(x) * 0.9\n"
+
+
+def reflect_pad(padding):
+    return lambda x: tf.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]], "REFLECT")
+
+
+def affine(scale, offset):
+    return lambda x: squash(x * scale + offset)
+
+
+# base64(marshal.dumps(f.__code__)) of reflect_pad(1) and affine(2.0, 0.5) above, made once with
+# /root/.pyenv/versions/3.6.15/bin/python and 3.9.18/bin/python from a file holding these two
+# functions: print(base64.b64encode(marshal.dumps(reflect_pad(1).__code__)).decode()).
+# Python 3.11's marshal reads none of them ("EOF read where object expected").
+OLD_PYTHON_DUMPS = {
+    "3.6": (
+        "4wEAAAAAAAAAAQAAAAcAAAATAAAAcyYAAAB0AGoBfABkAWQBZwKIAIgAZwKIAIgAZwJkAWQBZwJnBGQCgwNTACkDTukAAAAA2gdSRUZM"
+        "RUNUKQLaAnRm2gNwYWQpAdoBeKkB2gdwYWRkaW5nqQD6CGdlbjM2LnB52gg8bGFtYmRhPgQAAABzAAAAAA==",
+        "4wEAAAAAAAAAAQAAAAMAAAATAAAAcxAAAAB0AHwAiAEUAIgAFwCDAVMAKQFOKQHaBnNxdWFzaCkB2gF4qQLaBm9mZnNldNoFc2NhbGWp"
+        "APoIZ2VuMzYucHnaCDxsYW1iZGE+BwAAAHMAAAAA",
+    ),
+    # 3.9 shares 3.8's code object layout and, for these straight-line lambdas, its opcodes.
+    "3.9": (
+        "4wEAAAAAAAAAAAAAAAEAAAAIAAAAEwAAAHMmAAAAdACgAXwAZAFkAWcCiACIAGcCiACIAGcCZAFkAWcCZwRkAqEDUwApA07pAAAAANoH"
+        "UkVGTEVDVCkC2gJ0ZtoDcGFkqQHaAXipAdoHcGFkZGluZ6kA+hAvdG1wL2x3L2dlbjM2LnB52gg8bGFtYmRhPgQAAADzAAAAAA==",
+        "4wEAAAAAAAAAAAAAAAEAAAADAAAAEwAAAHMQAAAAdAB8AIgBFACIABcAgwFTACkBTikB2gZzcXVhc2ipAdoBeKkC2gZvZmZzZXTaBXNj"
+        "YWxlqQD6EC90bXAvbHcvZ2VuMzYucHnaCDxsYW1iZGE+BwAAAPMAAAAA",
+    ),
+}
+# Python 3.9, of `lambda x: x if padding is None else tf.pad(...)`: its IS_OP opcode is new in 3.9
+# and uncompyle6 decompiles up to 3.8 only, so this one cannot be rebuilt.
+PY39_IS_OP_DUMP = (
+    "4wEAAAAAAAAAAAAAAAEAAAAIAAAAEwAAAHMyAAAAiABkAHUAcgx8AFMAdACgAXwAZAFkAWcCiACIAGcCiACIAGcCZAFkAWcCZwRkAqED"
+    "UwCpA07pAAAAANoHUkVGTEVDVKkC2gJ0ZtoDcGFkqQHaAXipAdoHcGFkZGluZ6kA+hAvdG1wL2x3L2dlbjM5LnB52gg8bGFtYmRhPgMA"
+    "AADzAAAAAA=="
+)
+
+
+def build_lambda_model():
+    keras.utils.set_random_seed(10)
+    img = keras.Input((5, 5, 2), name="img")
+    x = keras.layers.Lambda(reflect_pad(1), name="pad")(img)
+    x = keras.layers.Conv2D(3, 3, name="conv")(x)
+    out = keras.layers.Lambda(affine(2.0, 0.5), name="affine")(x)
+    return keras.Model(img, out, name="lambdas")
+
+
+def old_lambda_file(folder, version):
+    """The model saved as a Keras 2.2 under an older Python would have: same functions, its bytecode.
+    Returns (path, helpers file, inputs, the original model's outputs)."""
+    original = build_lambda_model()
+    path = folder / f"py{version}.h5"
+    original.save(path)
+
+    def to_old_python(config):
+        pad, aff = layer_config(config, "pad"), layer_config(config, "affine")
+        assert pad["function"][2] == [1] and aff["function"][2] == [0.5, 2.0]  # closure, in co_freevars order
+        pad["function"][0], aff["function"][0] = OLD_PYTHON_DUMPS[version]
+        for cfg in (pad, aff):  # Keras 2.2 did not record the function's module (tf-keras adds its globals)
+            cfg.pop("module")
+            cfg.pop("output_shape_module")
+
+    rewrite_h5(path, to_old_python, keras_version="2.2.4")
+    (folder / "helpers.py").write_text(CUSTOM_HELPERS)
+    x = np.random.default_rng(11).standard_normal((3, 5, 5, 2)).astype("float32")
+    return path, folder / "helpers.py", x, original(x).numpy()
+
+
+@pytest.fixture(scope="module", params=sorted(OLD_PYTHON_DUMPS))
+def old_lambda_h5(request, tmp_path_factory):
+    return old_lambda_file(tmp_path_factory.mktemp("lambdas"), request.param)
+
+
+def unrebuildable_lambda_file(folder):
+    path, helpers, _, _ = old_lambda_file(folder, "3.6")
+    rewrite_h5(path, lambda config: layer_config(config, "pad")["function"].__setitem__(0, PY39_IS_OP_DUMP))
+    return path, helpers
+
+
+def test_old_python_lambda_refused_without_trust(old_lambda_h5):
+    with pytest.raises(UnsupportedModelError, match=r"^layer 'pad' \(Lambda\) runs Python code stored in the model file; pass --trust-code to allow it$"):
+        load_model(old_lambda_h5[0])
+
+
+def test_old_python_lambda_is_rebuilt_with_trust(old_lambda_h5):
+    import marshal
+
+    path, helpers, x, expected = old_lambda_h5
+    with h5py.File(path, "r") as f:
+        dump = layer_config(json.loads(f.attrs["model_config"]), "pad")["function"][0]
+    with pytest.raises((ValueError, EOFError)):
+        marshal.loads(base64.b64decode(dump))  # what used to stop the load
+    before = path.read_bytes()
+    model = load_model(path, trust_code=True, custom_objects_file=str(helpers))
+    assert max_diff(model.predict({"img": x})[0], expected) <= 1e-6
+    assert path.read_bytes() == before
+
+
+def test_missing_lambda_helper_is_one_line_error(old_lambda_h5, tmp_path):
+    path, _, x, _ = old_lambda_h5
+    (tmp_path / "empty.py").write_text("import tensorflow as tf\n")
+    with pytest.raises(ModelLoadError, match="name 'squash' is not defined"):
+        load_model(path, trust_code=True, custom_objects_file=str(tmp_path / "empty.py")).predict({"img": x})
+
+
+def test_unrebuildable_lambda_is_one_clear_line(tmp_path):
+    path, helpers = unrebuildable_lambda_file(tmp_path)
+    with pytest.raises(UnsupportedModelError, match=r"^layer 'pad' \(Lambda\): its function was marshalled by another Python and could not be rebuilt") as info:
+        load_model(path, trust_code=True, custom_objects_file=str(helpers))
+    one_line(info)
+
+
 # --------------------------------------------------------------------------- 7. files that cannot load
 
 
@@ -849,3 +972,17 @@ def test_truncated_keras3_h5(tmp_path):
     with pytest.raises(ModelLoadError, match=f"cannot read {path} as HDF5") as info:
         load_model(path)
     one_line(info)
+
+
+def test_cli_gives_one_line_and_exit_2(tmp_path):
+    bad, _ = unrebuildable_lambda_file(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "gencompress", "inspect", str(bad), "--trust-code", "--no-int8-check", "-o", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "Unknown type" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("gencompress: error:")]
+    assert len(lines) == 1 and "layer 'pad' (Lambda)" in lines[0], result.stderr
+
+

@@ -1,6 +1,6 @@
 """Reading saved Keras models safely: the pre-load config check, the layers gencompress provides
-itself (community layers, TF op layers) and the ``.h5`` loader (tf-keras, Keras 3).
-``gencompress.model.load_model`` is the entry point; these modules are its parts.
+itself (community layers, TF op layers) and the ``.h5`` loader (tf-keras, Keras 3, old Python
+Lambdas). ``gencompress.model.load_model`` is the entry point; these modules are its parts.
 """
 
 

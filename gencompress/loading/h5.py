@@ -1,9 +1,10 @@
 """Load a Keras ``.h5`` model file, whichever Keras wrote it.
 
-tf-keras files are built from their checked config with
-``model_from_config`` and get their weights from the file's ``model_weights`` group: loading the
-file with ``load_model`` would deserialize the config as stored, Lambda bytecode included. The
-input file is only ever opened for reading.
+tf-keras files are built from their checked config with ``model_from_config`` (with
+``--trust-code``, the functions of Lambda layers already made by ``old_lambdas``) and get their
+weights from the file's ``model_weights`` group: loading the file with ``load_model`` would
+deserialize the config as stored, Lambda bytecode included. The input file is only ever opened
+for reading.
 
 Files written by Keras 3 (root attribute ``keras_version`` 3.x) use Keras 3 config objects
 (``DTypePolicy``, ``batch_shape``) that tf-keras cannot read: after the same safety check they are
@@ -53,6 +54,10 @@ def load_h5(p: Path, trust_code: bool, user_objects: dict):
 
     normalize_old_config(config)
     check_config(config, trust_code, user_objects, tf_keras_layer)
+    if trust_code:
+        from gencompress.loading.old_lambdas import build_lambda_functions
+
+        build_lambda_functions(config, user_objects)
     keras = import_keras()
     from tf_keras.src.saving.serialization_lib import SafeModeScope
 

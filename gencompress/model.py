@@ -300,17 +300,21 @@ def _check_static_shapes(model: LoadedModel) -> None:
 
 def _output_activation(keras_model) -> str | None:
     """'tanh'/'sigmoid' when every output ends in that activation, else None."""
-    names = set()
-    for out in keras_model.outputs:
-        layer = out._keras_history.layer
-        symbol = getattr(layer, "symbol", None)  # TFOpLambda: tf.math.tanh(x) as the last op
-        if isinstance(symbol, str):
-            names.add(_ACTIVATION_SYMBOLS.get(symbol))
-            continue
-        activation = getattr(layer, "activation", None)
-        names.add(getattr(activation, "__name__", None))
+    names = {_final_activation(out) for out in keras_model.outputs}
     name = names.pop() if len(names) == 1 else None
     return name if name in _BOUNDED_ACTIVATIONS else None
+
+
+def _final_activation(tensor) -> str | None:
+    layer, _, index = tensor._keras_history
+    # An output produced by a nested model (a Sequential generator body inside a functional
+    # model) ends in that model's own output layer.
+    while layer.__class__.__name__ in MODEL_CLASSES and getattr(layer, "outputs", None):
+        layer, _, index = layer.outputs[index]._keras_history
+    symbol = getattr(layer, "symbol", None)  # TFOpLambda: tf.math.tanh(x) as the last op
+    if isinstance(symbol, str):
+        return _ACTIVATION_SYMBOLS.get(symbol)
+    return getattr(getattr(layer, "activation", None), "__name__", None)
 
 
 def _embedding_ranges(keras_model) -> dict:

@@ -908,6 +908,43 @@ def test_unrebuildable_lambda_is_one_clear_line(tmp_path):
     one_line(info)
 
 
+# --------------------------------------------------------------------------- 6. output activation
+
+
+def _nested_sigmoid():
+    keras.utils.set_random_seed(12)
+    head = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.Conv2DTranspose(1, 3, 2, padding="same", activation="sigmoid")], name="head")
+    body = keras.Sequential([keras.Input((8,)), keras.layers.Dense(32), keras.layers.Reshape((4, 4, 2)), head], name="body")
+    z = keras.Input((8,), name="z")
+    return keras.Model(z, body(keras.layers.Dense(8)(z)))
+
+
+def _final_activation_layer():
+    z = keras.Input((8,), name="z")
+    return keras.Model(z, keras.layers.Activation("tanh", name="out")(keras.layers.Dense(4)(z)))
+
+
+def _two_outputs_nested():
+    z = keras.Input((8,), name="z")
+    inner_in = keras.Input((8,))
+    inner = keras.Model(inner_in, [keras.layers.Dense(2, activation="relu")(inner_in), keras.layers.Dense(2, activation="tanh")(inner_in)], name="inner")
+    a, b = inner(z)
+    return keras.Model(z, [keras.layers.Activation("tanh")(a), b])
+
+
+@pytest.mark.parametrize(
+    "build, expected",
+    [(_nested_sigmoid, "sigmoid"), (_final_activation_layer, "tanh"), (_two_outputs_nested, "tanh")],
+    ids=["sigmoid-inside-nested-sequentials", "final-Activation-layer", "each-output-through-a-nested-model"],
+)
+def test_output_activation_found_inside_nested_models(tmp_path, build, expected):
+    path = tmp_path / "act.h5"
+    build().save(path)
+    model = load_model(path)
+    assert model.output_activation == expected
+    assert model.known_output_range() == {"tanh": (-1.0, 1.0), "sigmoid": (0.0, 1.0)}[expected]
+
+
 # --------------------------------------------------------------------------- 7. files that cannot load
 
 

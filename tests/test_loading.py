@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -23,6 +24,7 @@ from gencompress.tfenv import import_keras, import_tf
 tf = import_tf()
 keras = import_keras()
 
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "real_generators"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -1023,3 +1025,40 @@ def test_cli_gives_one_line_and_exit_2(tmp_path):
     assert len(lines) == 1 and "layer 'pad' (Lambda)" in lines[0], result.stderr
 
 
+# --------------------------------------------------------------------------- the published generators
+
+
+def _manifest():
+    if not (REAL / "MANIFEST.json").is_file():
+        return []
+    return json.loads((REAL / "MANIFEST.json").read_text())
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"real generators not present at {REAL}")
+@pytest.mark.parametrize("entry", _manifest(), ids=lambda e: e["file"])
+def test_every_real_generator_loads(entry, tmp_path):
+    kwargs = {}
+    if "Lambda" in entry["custom_layers"]:
+        (tmp_path / "objects.py").write_text("import tensorflow as tf\n")
+        kwargs = {"trust_code": True, "custom_objects_file": str(tmp_path / "objects.py")}
+    model = load_model(REAL / entry["file"], **kwargs)
+    assert model.params == entry["params"]
+    assert [list(t.shape) for t in model.inputs] == entry["inputs"]
+    if entry["outputs"] is not None:
+        assert [list(t.shape) for t in model.outputs] == entry["outputs"]
+
+
+@pytest.mark.skipif(not (REAL / "dfst_cyclegan_generator.h5").is_file(), reason=f"real generators not present at {REAL}")
+def test_dfst_needs_only_trust_code(tmp_path):
+    """Its Python 3.6 Lambdas call tf.pad: tf is already among tf-keras' Lambda globals."""
+    path = REAL / "dfst_cyclegan_generator.h5"
+    with pytest.raises(UnsupportedModelError, match=r"\(Lambda\).*--trust-code"):
+        load_model(path)
+    model = load_model(path, trust_code=True)
+    assert model.outputs[0].shape == (None, 48, 48, 3)
+    assert model.output_activation == "tanh"
+    norms = [layer for layer in model.keras_model.layers if layer.name.startswith("instance_normalization")]
+    assert len(norms) == 6 and {type(layer).__module__ for layer in norms} == {"gencompress.loading.community_layers"}
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 48, 48, 3)).astype("float32")
+    y = model.predict({model.input_names[0]: x})[0]
+    assert np.all(np.isfinite(y)) and np.abs(y).max() <= 1.0 and y.std() > 0.05

@@ -155,6 +155,9 @@ def load_keras3_file(path: str, trust_code: bool = False) -> "tf_keras.Model":
                 f"({msg[:200]}); pass --trust-code to allow it"
             ) from exc
         raise ModelLoadError(f"Keras 3 could not load {path}: {msg}") from exc
+    from gencompress.loading.h5 import check_archive_weights_used
+
+    check_archive_weights_used(path, len(model.variables))
     return keras3_to_tf_keras(model)
 
 

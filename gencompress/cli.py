@@ -44,7 +44,7 @@ def model_options(f):
     @click.argument("model", type=click.Path())
     @click.option("-o", "--output-dir", type=click.Path(file_okay=False), help="Where artifacts and the report go [default: gencompress-out/<model stem>].")
     @click.option("--trust-code", is_flag=True, help="Allow Lambda layers and --custom-objects: loading then runs code from the model.")
-    @click.option("--custom-objects", type=click.Path(dir_okay=False), help="Python file defining custom layer classes (needs --trust-code).")
+    @click.option("--custom-objects", type=click.Path(dir_okay=False), help="Python file defining custom layer classes and Lambda helpers (needs --trust-code).")
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         return f(*args, **kwargs)

@@ -6,7 +6,8 @@ SavedModel directories saved by Keras or exported with ``model.export()`` /
 
 Loading never runs code stored in the model unless ``trust_code`` is set: the saved config is
 read and checked for ``Lambda`` and custom layers *before* the Keras loader sees it (the ``.h5``
-loader unmarshals Lambda bytecode and has no safe mode of its own).
+loader unmarshals Lambda bytecode and has no safe mode of its own). The parts live in
+``gencompress.loading``: the check, the layers gencompress provides itself, the ``.h5`` loader.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from gencompress.errors import ModelLoadError, UnsupportedModelError
+from gencompress.errors import GencompressError, ModelLoadError, UnsupportedModelError
+from gencompress.loading.config_check import MODEL_CLASSES, check_config, tf_keras_layer
+from gencompress.loading.h5 import check_archive_weights_used, load_h5
+from gencompress.loading.h5 import first_line as _first_line
 from gencompress.tfenv import import_keras, import_tf
 
-# Layers whose saved form is a reference into TensorFlow's API, not Python code of the file's.
-_SAFE_OP_LAYERS = {"TFOpLambda", "SlicingOpLambda"}
-MODEL_CLASSES = {"Sequential", "Functional", "Model"}  # layers that are whole models
 _BOUNDED_ACTIVATIONS = {"tanh": (-1.0, 1.0), "sigmoid": (0.0, 1.0)}
+# TF op layers (TFOpLambda) that end a model in a bounded activation.
+_ACTIVATION_SYMBOLS = {f"{ns}{fn}": fn for ns in ("", "math.", "nn.") for fn in _BOUNDED_ACTIVATIONS}
 
 
 @dataclass(frozen=True)
@@ -144,10 +147,8 @@ def load_model(
         return _load_saved_model_dir(p, trust_code, custom_objects)
     suffix = p.suffix.lower()
     if suffix in (".h5", ".hdf5"):
-        config = _h5_config(p)
-        _check_layers_safe(config, trust_code, custom_objects)
-        keras_model = _keras_load(p, custom_objects, trust_code)
-        return _from_keras(path, "h5", keras_model)
+        keras_model, fmt = load_h5(p, trust_code, custom_objects)
+        return _from_keras(path, fmt, keras_model)
     if suffix == ".keras":
         from gencompress.bridge import is_keras3_file, load_keras3_file
 
@@ -155,7 +156,9 @@ def load_model(
             return _from_keras(path, "keras3", load_keras3_file(path, trust_code=trust_code))
         config = _keras_zip_config(p)
         _check_layers_safe(config, trust_code, custom_objects)
-        return _from_keras(path, "keras", _keras_load(p, custom_objects, trust_code))
+        keras_model = _keras_load(p, custom_objects, trust_code)
+        check_archive_weights_used(p, len(keras_model.variables))
+        return _from_keras(path, "keras", keras_model)
     raise ModelLoadError(
         f"unsupported model file {path}: expected .h5, .keras or a SavedModel directory"
     )
@@ -172,24 +175,15 @@ def _import_custom_objects(custom_objects_file, trust_code) -> dict:
     if spec is None or not Path(custom_objects_file).is_file():
         raise ModelLoadError(f"custom objects file not found: {custom_objects_file}")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return {k: v for k, v in vars(module).items() if isinstance(v, type)}
-
-
-def _h5_config(p: Path) -> dict:
-    import h5py
-
     try:
-        with h5py.File(p, "r") as f:
-            raw = f.attrs.get("model_config")
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read {p} as HDF5: {_first_line(exc)}") from None
-    if raw is None:
-        raise ModelLoadError(f"{p} holds no model config (weights-only .h5 files are not models)")
-    try:
-        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-    except ValueError as exc:
-        raise ModelLoadError(f"{p}: model config is not valid JSON: {exc}") from None
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - the user's file: report it in one line
+        raise ModelLoadError(
+            f"cannot import custom objects file {custom_objects_file}: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+    # Every public name, not only classes: they are also the globals of trusted Lambda
+    # functions, whose helpers (functions, modules such as tf) a file may be all about.
+    return {k: v for k, v in vars(module).items() if not k.startswith("_")}
 
 
 def _keras_zip_config(p: Path) -> dict:
@@ -200,59 +194,22 @@ def _keras_zip_config(p: Path) -> dict:
         raise ModelLoadError(f"cannot read {p} as a .keras archive: {_first_line(exc)}") from None
 
 
-def _walk_layer_configs(node):
-    """Yield (name, class_name) for every layer config nested anywhere in a model config."""
-    if isinstance(node, dict):
-        cls = node.get("class_name")
-        cfg = node.get("config")
-        if isinstance(cls, str) and isinstance(cfg, dict) and ("layers" in cfg or "name" in cfg):
-            yield cfg.get("name", "?"), cls
-        for value in node.values():
-            yield from _walk_layer_configs(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _walk_layer_configs(value)
-
-
 def _check_layers_safe(config: dict, trust_code: bool, custom_objects: dict) -> None:
-    keras = import_keras()
-    for name, cls in _walk_layer_configs(config.get("config", config)):
-        if cls in MODEL_CLASSES or cls in _SAFE_OP_LAYERS or cls in custom_objects:
-            continue
-        if cls == "Lambda":
-            if not trust_code:
-                raise UnsupportedModelError(
-                    f"layer '{name}' (Lambda) runs Python code stored in the model file; "
-                    "pass --trust-code to allow it"
-                )
-            continue
-        if not hasattr(keras.layers, cls) and _is_layer_like(cls):
-            hint = (
-                "pass --trust-code --custom-objects FILE.py defining it"
-                if not trust_code
-                else "define it in the --custom-objects file"
-            )
-            raise UnsupportedModelError(f"layer '{name}' has custom class {cls}: {hint}")
-
-
-def _is_layer_like(cls: str) -> bool:
-    # Initializers, regularizers and constraints also carry class_name/config; only layers have
-    # a config with a "name" (checked by the walker) and are not known keras objects.
-    keras = import_keras()
-    for module in (keras.initializers, keras.regularizers, keras.constraints, keras.activations):
-        if hasattr(module, cls):
-            return False
-    return True
+    check_config(config, trust_code, custom_objects, tf_keras_layer)
 
 
 def _keras_load(p: Path, custom_objects: dict, trust_code: bool):
+    from gencompress.loading import builtin_objects
+
     keras = import_keras()
-    kwargs = {"compile": False, "custom_objects": custom_objects or None}
+    kwargs = {"compile": False, "custom_objects": {**builtin_objects(), **custom_objects}}
     if p.suffix == ".keras":
         kwargs["safe_mode"] = not trust_code
     try:
         return keras.models.load_model(str(p), **kwargs)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+    except GencompressError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Keras raises many kinds for a file it cannot load
         raise ModelLoadError(f"cannot load {p}: {_first_line(exc)}") from None
 
 
@@ -347,13 +304,21 @@ def _check_static_shapes(model: LoadedModel) -> None:
 
 def _output_activation(keras_model) -> str | None:
     """'tanh'/'sigmoid' when every output ends in that activation, else None."""
-    names = set()
-    for out in keras_model.outputs:
-        layer = out._keras_history.layer
-        activation = getattr(layer, "activation", None)
-        names.add(getattr(activation, "__name__", None))
+    names = {_final_activation(out) for out in keras_model.outputs}
     name = names.pop() if len(names) == 1 else None
     return name if name in _BOUNDED_ACTIVATIONS else None
+
+
+def _final_activation(tensor) -> str | None:
+    layer, _, index = tensor._keras_history
+    # An output produced by a nested model (a Sequential generator body inside a functional
+    # model) ends in that model's own output layer.
+    while layer.__class__.__name__ in MODEL_CLASSES and getattr(layer, "outputs", None):
+        layer, _, index = layer.outputs[index]._keras_history
+    symbol = getattr(layer, "symbol", None)  # TFOpLambda: tf.math.tanh(x) as the last op
+    if isinstance(symbol, str):
+        return _ACTIVATION_SYMBOLS.get(symbol)
+    return getattr(getattr(layer, "activation", None), "__name__", None)
 
 
 def _embedding_ranges(keras_model) -> dict:
@@ -393,7 +358,3 @@ def _shape_str(shape) -> str:
         return ", ".join(_shape_str(s) for s in shape)
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

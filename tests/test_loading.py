@@ -896,6 +896,17 @@ def test_old_python_lambda_is_rebuilt_with_trust(old_lambda_h5):
     assert path.read_bytes() == before
 
 
+def test_old_lambda_without_the_optional_decompiler(old_lambda_h5, monkeypatch):
+    """The decompiler is an optional extra (GPL-3.0): without it, one line says how to get it."""
+    import sys
+
+    path, helpers, _, _ = old_lambda_h5
+    monkeypatch.setitem(sys.modules, "uncompyle6", None)  # makes `import uncompyle6` raise ImportError
+    with pytest.raises(UnsupportedModelError, match=r"pip install 'gencompress\[old-lambdas\]'") as info:
+        load_model(path, trust_code=True, custom_objects_file=str(helpers))
+    one_line(info)
+
+
 def test_missing_lambda_helper_is_one_line_error(old_lambda_h5, tmp_path):
     path, _, x, _ = old_lambda_h5
     (tmp_path / "empty.py").write_text("import tensorflow as tf\n")

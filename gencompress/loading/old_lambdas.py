@@ -93,6 +93,14 @@ def _rebuilt(layer: str, raw, closure: list):
     """This Python's code for an older Python's dump, and the closure values in its free-variable order."""
     if raw is None:
         raise UnsupportedModelError(f"layer '{layer}' (Lambda): its function is not a readable code dump")
+    try:
+        import uncompyle6  # noqa: F401
+        import xdis  # noqa: F401
+    except ImportError:
+        raise UnsupportedModelError(
+            f"layer '{layer}' (Lambda): its function was marshalled by an older Python; rebuilding it needs "
+            "the optional decompiler (GPL-3.0): pip install 'gencompress[old-lambdas]'"
+        ) from None
     errors = []
     for version in _SOURCE_VERSIONS:
         try:

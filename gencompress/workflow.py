@@ -28,6 +28,8 @@ AUTO_CALIBRATION = (8_000_000, 32, 200)
 AUTO_EVALUATION = (2_000_000, 16, 64)
 # ``--fast``: a quarter of those (at least 8 each) and fewer latency runs.
 FAST_SHARE, FAST_MIN, FAST_LATENCY_RUNS = 4, 8, 10
+# Seconds of latency measurement per artifact at most (warm-up included), and with --fast.
+LATENCY_SECONDS, FAST_LATENCY_SECONDS = 5.0, 2.0
 
 
 def auto_sample_counts(model, fast: bool = False) -> tuple[int, int]:
@@ -249,10 +251,11 @@ def quantize_onnx_calibrated(
         return build(phase.update)
 
 
-def add_artifact(session: Session, fmt: str, precision: str, data: bytes, tag: str = "", notes=()) -> dict:
-    """Write ``data`` atomically as an artifact, measure it and append it to the session."""
+def add_artifact(session: Session, fmt: str, precision: str, data: bytes, tag: str = "", notes=(), outputs=None) -> dict:
+    """Write ``data`` atomically as an artifact, measure it and append it to the session.
+    ``outputs``: its outputs on the held-out set when already computed (a search attempt's)."""
     path = write_bytes_atomic(session.artifact_path(fmt, precision, tag), data)
-    result = evaluate_artifact(session, path, fmt, precision)
+    result = evaluate_artifact(session, path, fmt, precision, outputs)
     if tag:
         result["variant"] = tag
     result["notes"] = list(notes)
@@ -260,14 +263,16 @@ def add_artifact(session: Session, fmt: str, precision: str, data: bytes, tag: s
     return result
 
 
-def evaluate_artifact(session: Session, path: Path, fmt: str, precision: str) -> dict:
-    """Size, gzip size, latency and fidelity of one artifact file against the float model."""
+def evaluate_artifact(session: Session, path: Path, fmt: str, precision: str, outputs=None) -> dict:
+    """Size, gzip size, latency and fidelity of one artifact file against the float model
+    (``outputs``: the artifact's held-out outputs, when a search attempt already ran them)."""
     from gencompress.report.latency import measure_latency
     from gencompress.report.metrics import fidelity, sizes
 
     runner = make_runner(session, path, fmt)
     with session.progress.phase(f"{path.name}: evaluating on {len(session.evaluation)} held-out samples", total=len(session.evaluation), unit="sample") as phase:
-        outputs = runner.run_all(session.evaluation, on_sample=phase.update)
+        if outputs is None:
+            outputs = runner.run_all(session.evaluation, on_sample=phase.update)
         quality = fidelity(session.reference, outputs, session.output_range)
         phase.describe(f"PSNR {quality['psnr_db']} dB")
     size = sizes(path)
@@ -275,8 +280,9 @@ def evaluate_artifact(session: Session, path: Path, fmt: str, precision: str) ->
         session.float_sizes.setdefault(fmt, size["size_bytes"])
     float_size = session.float_sizes.get(fmt)
     runs = session.options.latency_runs
+    budget = FAST_LATENCY_SECONDS if session.options.fast else LATENCY_SECONDS
     with session.progress.phase(f"{path.name}: latency", total=runs, unit="run") as phase:
-        latency = measure_latency(runner, session.evaluation.sample(0), runs=runs, on_run=phase.update)
+        latency = measure_latency(runner, session.evaluation.sample(0), runs=runs, max_seconds=budget, on_run=phase.update)
         phase.describe(f"p50 {latency['p50']:.3f} ms over {latency['runs']} runs")
     return {
         "path": str(path),
@@ -317,7 +323,7 @@ def add_guarded_int8(session: Session, fmt: str, log=lambda msg: None) -> dict:
             f"slower than float ({chosen.p50_ms:.3f} vs {float_p50:.3f} ms p50): it is the smallest "
             f"artifact that met {opts.min_psnr:g} dB"
         )
-    result = add_artifact(session, fmt, chosen.precision, chosen.data, notes=notes)
+    result = add_artifact(session, fmt, chosen.precision, chosen.data, notes=notes, outputs=chosen.outputs)
     plain = next(a for a in attempts if a.label == "int8") if attempts[0].label == "int8" else attempts[0]
     result["fallback"] = {
         "target_psnr_db": opts.min_psnr,

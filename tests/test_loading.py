@@ -1039,26 +1039,6 @@ def test_cli_gives_one_line_and_exit_2(tmp_path):
 # --------------------------------------------------------------------------- the published generators
 
 
-def _manifest():
-    if not (REAL / "MANIFEST.json").is_file():
-        return []
-    return json.loads((REAL / "MANIFEST.json").read_text())
-
-
-@pytest.mark.skipif(not REAL.is_dir(), reason=f"real generators not present at {REAL}")
-@pytest.mark.parametrize("entry", _manifest(), ids=lambda e: e["file"])
-def test_every_real_generator_loads(entry, tmp_path):
-    kwargs = {}
-    if "Lambda" in entry["custom_layers"]:
-        (tmp_path / "objects.py").write_text("import tensorflow as tf\n")
-        kwargs = {"trust_code": True, "custom_objects_file": str(tmp_path / "objects.py")}
-    model = load_model(REAL / entry["file"], **kwargs)
-    assert model.params == entry["params"]
-    assert [list(t.shape) for t in model.inputs] == entry["inputs"]
-    if entry["outputs"] is not None:
-        assert [list(t.shape) for t in model.outputs] == entry["outputs"]
-
-
 @pytest.mark.skipif(not (REAL / "dfst_cyclegan_generator.h5").is_file(), reason=f"real generators not present at {REAL}")
 def test_dfst_needs_only_trust_code(tmp_path):
     """Its Python 3.6 Lambdas call tf.pad: tf is already among tf-keras' Lambda globals."""

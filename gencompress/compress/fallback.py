@@ -40,6 +40,11 @@ from gencompress.errors import ConversionError
 SLOWER_FACTOR = 1.10
 # How much bigger than the smallest passing artifact a faster-than-float one may be to be preferred.
 SPEED_SIZE_BUDGET = 1.25
+# Ranking units measures one variant per unit: on the first few held-out samples only (a 96→384
+# super-resolution model has 33 TFLite units at half a second per sample in near-float variants).
+SCREEN_SAMPLES, FAST_SCREEN_SAMPLES = 4, 2
+# Mixed-precision steps before the search moves on to weight-only int8 and wider types.
+MAX_MIXED_STEPS = 8
 
 
 @dataclass
@@ -54,6 +59,7 @@ class Attempt:
     passed: bool = False
     slower_than_float: bool = False
     variant: object = field(default=None, repr=False)
+    outputs: list = field(default=None, repr=False)  # on the whole held-out set
 
     def summary(self) -> dict:
         return {
@@ -76,7 +82,9 @@ class Measurer:
         self._tmp = session.cache.dir
         self.count = 0
 
-    def __call__(self, label: str, precision: str, data: bytes, float_units=()) -> Attempt:
+    def __call__(self, label: str, precision: str, data: bytes, float_units=(), screen: bool = False) -> Attempt:
+        """Build nothing, measure ``data``: PSNR on the held-out set and p50 latency. ``screen``:
+        PSNR on the first ``SCREEN_SAMPLES`` held-out samples only, no latency (ranking units)."""
         from gencompress.report.latency import measure_latency
         from gencompress.report.metrics import fidelity
         from gencompress.workflow import make_runner
@@ -85,14 +93,17 @@ class Measurer:
         self.count += 1
         path = self._tmp / f"candidate-{self.count}.{self.fmt}"
         path.write_bytes(data)
+        held, reference = s.evaluation, s.reference
+        if screen:
+            n = FAST_SCREEN_SAMPLES if s.options.fast else SCREEN_SAMPLES
+            held, reference = held.take(n), [r[:n] for r in reference]
         try:
             runner = make_runner(s, path, self.fmt)
-            n = len(s.evaluation)
-            with s.progress.phase(f"{self.fmt} try {self.count}: {label}", total=n, unit="sample") as phase:
-                outputs = runner.run_all(s.evaluation, on_sample=phase.update)
-                psnr = fidelity(s.reference, outputs, s.output_range, with_ssim=False)["psnr_db"]
-                p50 = measure_latency(runner, s.evaluation.sample(0), warmup=5, runs=30, max_seconds=1.0)["p50"]
-                phase.describe(f"{psnr} dB, {len(data):,} bytes, p50 {p50:.3f} ms")
+            with s.progress.phase(f"{self.fmt} try {self.count}: {label}", total=len(held), unit="sample") as phase:
+                outputs = runner.run_all(held, on_sample=phase.update)
+                psnr = fidelity(reference, outputs, s.output_range, with_ssim=False)["psnr_db"]
+                p50 = None if screen else measure_latency(runner, held.sample(0), warmup=5, runs=30, max_seconds=1.0)["p50"]
+                phase.describe(f"{psnr} dB" + ("" if screen else f", {len(data):,} bytes, p50 {p50:.3f} ms"))
         finally:
             path.unlink()
         return Attempt(
@@ -104,7 +115,8 @@ class Measurer:
             psnr_db=psnr,
             p50_ms=p50,
             passed=psnr is not None and psnr >= self.min_psnr,
-            slower_than_float=p50 > self.float_p50 * SLOWER_FACTOR,
+            slower_than_float=p50 is not None and p50 > self.float_p50 * SLOWER_FACTOR,
+            outputs=None if screen else outputs,
         )
 
 
@@ -139,6 +151,11 @@ def search(session, fmt: str, min_psnr: float, float_p50: float, log=lambda msg:
         a.variant = variant
         if fmt == "tflite" and precision == "mixed":
             a.float_units = tflite_float_ops(a.data, layer_names)  # what really stayed float
+        # Outputs are kept for what can still be picked (passing ones, the best failing one), so
+        # the pick is not run again; on 400×600 images each attempt's are tens of megabytes.
+        best = max((b for b in attempts if not b.passed and b.outputs is not None), key=lambda b: b.psnr_db or -1.0, default=None)
+        if not a.passed and best is not None:
+            (a if (a.psnr_db or -1.0) <= (best.psnr_db or -1.0) else best).outputs = None
         attempts.append(a)
         return a
 
@@ -187,9 +204,9 @@ def search(session, fmt: str, min_psnr: float, float_p50: float, log=lambda msg:
     # 2. mixed precision, from the best same-size variant
     if not settled() and units:
         base = max((a for a in attempts if a.variant), key=lambda a: a.psnr_db or 0.0)
-        ranking = rank_units(units, fmt, lambda floats: (lambda: base.variant(floats)), measure)
+        ranking = rank_units(units, fmt, lambda floats: (lambda: base.variant(floats)), measure, all_but=False, screen=True)
         floats: list[Unit] = []
-        for row in ranking[: max(1, len(units) - 1)]:
+        for row in ranking[: min(MAX_MIXED_STEPS, max(1, len(units) - 1))]:
             floats.append(row["unit"])
             a = try_variant(f"{base.label}; float " + ", ".join(u.label for u in floats), base.variant, floats)
             if a is not None:
@@ -233,12 +250,13 @@ def search(session, fmt: str, min_psnr: float, float_p50: float, log=lambda msg:
     return chosen, attempts, ranking
 
 
-def rank_units(units, fmt, build_mixed, measure) -> list[dict]:
-    """Units most harmful first: lowest PSNR when *only* that unit is int8, then highest PSNR
-    when all *but* it are int8.
+def rank_units(units, fmt, build_mixed, measure, all_but: bool = True, screen: bool = False) -> list[dict]:
+    """Units most harmful first: lowest PSNR when *only* that unit is int8, then (``all_but``)
+    highest PSNR when all *but* it are int8. ``screen`` measures on a few held-out samples.
 
     When several tensors each destroy the output on their own, every "all but one" variant is
-    equally broken and ranks nothing; "only this one" still tells them apart.
+    equally broken and ranks nothing; "only this one" still tells them apart. The fidelity search
+    ranks by "only this one" alone (one variant per unit); ``analyze`` measures both.
     """
     rows = []
     for u in units:
@@ -247,16 +265,16 @@ def rank_units(units, fmt, build_mixed, measure) -> list[dict]:
         rows.append(
             {
                 "unit": u,
-                "only_quantized_psnr_db": None if tc_clash else _psnr(measure, u, build_mixed(others)),
-                "all_but_psnr_db": _psnr(measure, u, build_mixed([u])),
+                "only_quantized_psnr_db": None if tc_clash else _psnr(measure, f"only {u.label} int8", u, build_mixed(others), screen),
+                "all_but_psnr_db": _psnr(measure, f"all but {u.label} int8", u, build_mixed([u]), screen) if all_but else None,
             }
         )
     return sorted(rows, key=lambda r: (_or(r["only_quantized_psnr_db"], 1e9), -_or(r["all_but_psnr_db"], 0.0)))
 
 
-def _psnr(measure, unit, build):
+def _psnr(measure, label, unit, build, screen):
     try:
-        return measure(unit.label, "mixed", build(), [unit]).psnr_db
+        return measure(label, "mixed", build(), [unit], screen=screen).psnr_db
     except ConversionError:
         return None
 

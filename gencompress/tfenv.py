@@ -8,7 +8,9 @@ module that needs TensorFlow calls these functions instead of importing it at th
 import os
 
 
-def _prepare_environment():
+def prepare_environment():
+    """Set what TensorFlow reads once, at its first import. ``import gencompress`` calls this, so
+    it holds whichever module (ours or a library's) imports TensorFlow first."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # oneDNN reorders float sums with thread count; off so results repeat exactly.
@@ -19,7 +21,7 @@ def import_tf():
     """Return the ``tensorflow`` module, configured for tf-keras and quiet logs."""
     import sys
 
-    _prepare_environment()
+    prepare_environment()
     if "tensorflow" not in sys.modules:
         with native_output_captured():  # absl/CUDA start-up lines on a machine without a GPU
             import tensorflow

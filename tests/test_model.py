@@ -1,6 +1,7 @@
 """Loading: every supported format gives the same handle; unsafe or broken files are refused."""
 
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -148,3 +149,20 @@ def test_weights_only_h5_is_refused(keras, tmp_path):
 def test_directory_that_is_not_a_savedmodel(tmp_path):
     with pytest.raises(ModelLoadError, match="not a SavedModel"):
         load_model(tmp_path)
+
+
+def test_tensorflow_starts_with_our_environment(dcgan_h5, tmp_path):
+    """The .h5 config reader imports tf-keras: TensorFlow must still start with tf-keras as
+    tf.keras and oneDNN off (it reorders float sums with the thread count), and quietly."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys; from gencompress.model import load_model; load_model(sys.argv[1]); "
+        "import tensorflow as tf; print(os.environ['TF_ENABLE_ONEDNN_OPTS'], tf.keras.__name__.split('.')[0])"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL")}
+    result = subprocess.run([sys.executable, "-c", code, str(dcgan_h5)], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "tf_keras"]
+    assert "oneDNN" not in result.stderr and "cuInit" not in result.stderr

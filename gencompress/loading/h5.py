@@ -34,6 +34,7 @@ def read_h5_config(p: Path) -> tuple[dict, str]:
         raise ModelLoadError(f"{p} holds no model config (weights-only .h5 files are not models)")
     version = version.decode() if isinstance(version, bytes) else str(version)
     try:
+        import_keras()  # TensorFlow first, quietly
         from tf_keras.src.saving.legacy.saved_model import json_utils
 
         config = json_utils.decode(raw.decode() if isinstance(raw, bytes) else raw)

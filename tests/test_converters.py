@@ -187,3 +187,23 @@ def test_calibration_records_true_ranges_of_residual_add_inputs(keras):
     assert set(ours) == set(true) and all(ours[n] == pytest.approx(true[n], rel=1e-6) for n in ours)
     assert theirs[conv2][1] > true[conv2][1] * 1.5  # the calibrator's range is the Add's
     assert [n for n in ours if ours[n] != pytest.approx(theirs[n], rel=1e-6)] == [conv2]  # only that one differs
+
+
+def test_onnx_export_names_merged_constants_after_their_use(keras):
+    """tf2onnx merges identical constants and keeps one of their names in an order that changes
+    between processes; a merged constant is named after its first use instead."""
+    import onnx
+
+    from gencompress.converters.onnx import export_onnx_float
+    from gencompress.model import _from_keras
+
+    keras.utils.set_random_seed(0)
+    z = keras.Input((4, 4, 2), name="z")
+    # a fresh BatchNorm after a transposed convolution: beta == mean == 0 and gamma == var == 1
+    out = keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2DTranspose(3, 3, 2, padding="same", name="up")(z))
+    model = keras.Model(z, out)
+    graph = onnx.load_from_string(export_onnx_float(_from_keras("mem", "h5", model))).graph
+    inits = {i.name for i in graph.initializer}
+    uses = [n for node in graph.node for n in node.input if n in inits]
+    shared = {n for n in uses if uses.count(n) > 1}
+    assert shared and all("/shared_input_" in n for n in shared)

@@ -50,11 +50,13 @@ _GENERATED = re.compile(r"^(.*__)(\d+)(:\d+)?$")
 
 
 def canonical_names(proto):
-    """Renumber the ``name__N`` names tf2onnx generates, in order of appearance.
+    """Make the same model give the same file: deterministic names and order.
 
-    tf2onnx draws N from a process-wide counter that TensorFlow's per-trace graph names also bump,
-    so the same model exported twice in one process gets different names (and bytes). Renumbering
-    makes the same command give the same file.
+    tf2onnx draws the N of its ``name__N`` names from a process-wide counter that TensorFlow's
+    per-trace graph names also bump, and the order of its initializers can change from process
+    to process (a QAT export gave two different files). The generated names are renumbered in the
+    order the nodes use them (node order is stable), merged constants are named after their
+    first use, and initializers are ordered by first use.
     """
     graph = proto.graph
     mapping: dict[str, str] = {}
@@ -68,6 +70,10 @@ def canonical_names(proto):
             mapping[key] = f"{m.group(1)}{len(mapping) + 1}"
         return mapping[key] + (m.group(3) or "")
 
+    for node in graph.node:
+        node.name = rename(node.name)
+        node.input[:] = [rename(n) for n in node.input]
+        node.output[:] = [rename(n) for n in node.output]
     for value in list(graph.input) + list(graph.output) + list(graph.value_info):
         value.name = rename(value.name)
         for dim in value.type.tensor_type.shape.dim:
@@ -75,11 +81,53 @@ def canonical_names(proto):
                 dim.dim_param = rename(dim.dim_param)
     for init in graph.initializer:
         init.name = rename(init.name)
-    for node in graph.node:
-        node.name = rename(node.name)
-        node.input[:] = [rename(n) for n in node.input]
-        node.output[:] = [rename(n) for n in node.output]
+    _name_shared_constants(graph)
+    _order_initializers(graph)
     return proto
+
+
+def _order_initializers(graph) -> None:
+    """Initializers in the order the nodes first use them (unused ones last, by name)."""
+    first_use: dict[str, int] = {}
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            first_use.setdefault(name, i)
+    ordered = sorted(graph.initializer, key=lambda init: (first_use.get(init.name, len(graph.node)), init.name))
+    copies = []
+    for init in ordered:
+        copy = type(init)()
+        copy.CopyFrom(init)
+        copies.append(copy)
+    del graph.initializer[:]
+    graph.initializer.extend(copies)
+
+
+def _name_shared_constants(graph) -> None:
+    """Name each initializer that feeds several inputs after its first use.
+
+    tf2onnx merges identical constants (a trained student's BatchNorm with a zero beta and a zero
+    moving mean) and keeps one of their names, chosen in an order that changes from process to
+    process: the same model gave files that differed only in those names. Merged constants are
+    the ones used more than once; their name now follows the graph, not that order.
+    """
+    inits = {i.name: i for i in graph.initializer}
+    uses: dict[str, list] = {}
+    for node in graph.node:
+        for slot, name in enumerate(node.input):
+            if name in inits:
+                uses.setdefault(name, []).append((node, slot))
+    taken = set(inits) | {o for n in graph.node for o in n.output} | {v.name for v in graph.input}
+    for name, where in uses.items():
+        if len(where) < 2:
+            continue
+        first, slot = where[0]
+        new = f"{first.name}/shared_input_{slot}"
+        while new in taken:
+            new += "_"
+        taken.add(new)
+        inits[name].name = new
+        for node, i in where:
+            node.input[i] = new
 
 
 def quantize_onnx(

@@ -358,3 +358,21 @@ def _shape_str(shape) -> str:
         return ", ".join(_shape_str(s) for s in shape)
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
+
+
+def from_keras(keras_model, name: str | None = None) -> LoadedModel:
+    """A ``LoadedModel`` of an in-memory Keras model: tf-keras as it is, Keras 3 bridged to an
+    equivalent tf-keras model (verified output-equal to 1e-5). ``name`` names its artifacts
+    (default: the model's name). The model is used, never modified."""
+    from gencompress.errors import UnsupportedModelError
+
+    keras = import_keras()
+    name = name or getattr(keras_model, "name", None) or "model"
+    if isinstance(keras_model, keras.Model):
+        return _from_keras(name, "keras-object", keras_model)
+    module = type(keras_model).__module__
+    if module.startswith("keras"):
+        from gencompress.bridge import keras3_to_tf_keras
+
+        return _from_keras(name, "keras3-object", keras3_to_tf_keras(keras_model))
+    raise UnsupportedModelError(f"not a Keras model: {type(keras_model).__name__}")

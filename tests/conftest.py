@@ -77,6 +77,15 @@ def randomize_bn(keras, model, seed=0):
             )
 
 
+def make_session(model, calibration_samples=16, eval_samples=8, **config):
+    """A run of ``model`` (a ``LoadedModel``) on seeded noise, ready to build and measure artifacts."""
+    from gencompress.calibration import Calibration
+    from gencompress.config import QuantizeConfig
+    from gencompress.pipelines.session import prepare
+
+    return prepare(model, QuantizeConfig(eval_samples=eval_samples, **config), Calibration.noise(calibration_samples))
+
+
 @pytest.fixture(scope="session")
 def keras():
     from gencompress.tfenv import import_keras
@@ -150,3 +159,26 @@ def collapsing_h5(keras, model_dir):
     path = model_dir / "collapsing.h5"
     build_collapsing(keras).save(path)
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _saved_reports_follow_the_schema():
+    """Every report a test saves in this process (through the CLI or the API) is validated
+    against the shipped report/schema.json."""
+    import json
+
+    import jsonschema
+
+    from gencompress.pipelines.result import Result
+
+    validator = jsonschema.Draft202012Validator(json.loads((REPO / "gencompress" / "report" / "schema.json").read_text()))
+    original = Result.save
+
+    def save(self, output_dir):
+        out = original(self, output_dir)
+        validator.validate(json.loads((out / "report.json").read_text()))
+        return out
+
+    Result.save = save
+    yield
+    Result.save = original

@@ -393,9 +393,9 @@ def test_keras_ops_node_is_refused():
 @pytest.mark.parametrize("sequential", [False, True])
 def test_output_mismatch_names_first_bad_layer(monkeypatch, sequential):
     # Let a known-different activation through translation: verification must catch it.
-    import gencompress.bridge as bridge
+    import gencompress.bridge.translate as translate
 
-    monkeypatch.setattr(bridge, "_ACTIVATION_MISMATCH", {})
+    monkeypatch.setattr(translate, "_ACTIVATION_MISMATCH", {})
     layers = [L.Dense(3, name="d1"), L.Activation("hard_sigmoid", name="hs"), L.Dense(2, name="d2")]
     if sequential:
         model = keras.Sequential([keras.Input((4,), name="x")] + layers, name="bad")

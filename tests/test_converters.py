@@ -4,16 +4,16 @@ import numpy as np
 import onnx
 import pytest
 
-from gencompress.converters.onnx import OnnxRunner
-from gencompress.converters.tflite import TFLiteRunner
+from gencompress.converters.runners import OnnxRunner, TFLiteRunner
 from gencompress.report.metrics import fidelity
-from gencompress.workflow import RunOptions, build_artifact, prepare
+from gencompress.pipelines.build import build_artifact
+
+from conftest import make_session
 
 
 @pytest.fixture(scope="module")
 def dcgan_session(dcgan, tmp_path_factory):
-    opts = RunOptions(calibration_samples=64, eval_samples=16, latency_runs=5)
-    return prepare(dcgan, opts, tmp_path_factory.mktemp("out"))
+    return make_session(dcgan, 64, 16, latency_runs=5)
 
 
 def _run(session, fmt, data, tmp_path, name="m"):
@@ -51,8 +51,7 @@ def test_int8_tflite_is_integer_inside_with_float_io(dcgan_session, tmp_path):
 def test_int8_io_tflite(dcgan, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
-    opts = RunOptions(calibration_samples=32, eval_samples=8, int8_io=True)
-    session = prepare(dcgan, opts, tmp_path)
+    session = make_session(dcgan, 32, 8, int8_io=True)
     data = build_artifact(session, "tflite", "int8")
     interp = Interpreter(model_content=data)
     assert interp.get_input_details()[0]["dtype"] == np.int8
@@ -87,7 +86,7 @@ def test_conversions_are_deterministic(dcgan_session):
 
 
 def test_two_input_conditional_model_int8(conditional, tmp_path):
-    session = prepare(conditional, RunOptions(calibration_samples=32, eval_samples=8), tmp_path)
+    session = make_session(conditional, 32, 8)
     for fmt in ("tflite", "onnx"):
         for precision, minimum in (("float32", 80.0), ("int8", 20.0)):
             out = _run(session, fmt, build_artifact(session, fmt, precision), tmp_path, f"{fmt}{precision}")
@@ -104,7 +103,7 @@ def test_plain_savedmodel_converts(tmp_path):
     from gencompress.model import load_model
 
     model = load_model(tmp_path / "sm")
-    session = prepare(model, RunOptions(calibration_samples=16, eval_samples=8), tmp_path)
+    session = make_session(model, 16, 8)
     for fmt in ("tflite", "onnx"):
         out = _run(session, fmt, build_artifact(session, fmt, "float32"), tmp_path, f"sm-{fmt}")
         assert fidelity(session.reference, out, session.output_range)["psnr_db"] > 80.0
@@ -126,7 +125,7 @@ def test_input_names_that_are_not_signature_keys(keras, tmp_path):
     out = keras.layers.Dense(8, activation="tanh", name="image")(keras.layers.Multiply()([z, e]))
     keras.Model([z, label], out).save(tmp_path / "spaces.h5")
     model = load_model(tmp_path / "spaces.h5")
-    session = prepare(model, RunOptions(calibration_samples=16, eval_samples=8), tmp_path)
+    session = make_session(model, 16, 8)
     for precision, minimum in (("float32", 80.0), ("int8", 25.0)):
         data = build_artifact(session, "tflite", precision)
         signature = Interpreter(model_content=data).get_signature_list()["serving_default"]

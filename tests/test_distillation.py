@@ -14,13 +14,13 @@ from conftest import REPO, build_dcgan, build_image_to_image
 from gencompress.calibration.sources import noise_set
 from gencompress.cli import cli
 from gencompress.compress.distillation import (
-    DistillConfig,
     TrainingCheckpoint,
     derive_student,
     feature_pairs,
     train_student,
 )
-from gencompress.compress.finetune import FinetuneConfig, NoiseBatches
+from gencompress.compress.finetune import NoiseBatches
+from gencompress.config import DistillConfig, TrainingConfig
 from gencompress.errors import OptionError, UnsupportedModelError
 from gencompress.model import _tensor_info
 
@@ -110,7 +110,7 @@ def test_depth_drops_shape_preserving_and_residual_blocks(keras):
 def test_training_improves_held_out_psnr_and_feature_loss_trains(keras, teacher):
     held = _held(teacher)
     inputs = _inputs(teacher)
-    config = FinetuneConfig(steps=150, batch_size=16, eval_every=50, learning_rate=3e-3)
+    config = TrainingConfig(steps=150, batch_size=16, eval_every=50, learning_rate=3e-3)
     results = {}
     for weight in (0.0, 1.0):
         student, _ = derive_student(teacher, DistillConfig(width=0.5), seed=0)
@@ -152,7 +152,7 @@ def test_feature_pairs_of_a_different_student(keras, teacher):
 
 def test_checkpoint_resume_continues_where_it_stopped_and_matches_a_straight_run(keras, teacher, tmp_path):
     held, inputs = _held(teacher), _inputs(teacher)
-    config = FinetuneConfig(steps=100, batch_size=16, eval_every=20, learning_rate=3e-3)
+    config = TrainingConfig(steps=100, batch_size=16, eval_every=20, learning_rate=3e-3)
 
     class Crash(keras.callbacks.Callback):
         """Dies in the middle of the third round (after the checkpoint at step 40)."""

@@ -12,7 +12,9 @@ from gencompress.cli import cli
 from gencompress.compress.quantization import TFLiteMixed, onnx_weight_only, tflite_float_ops, tflite_weight_only
 from gencompress.model import load_model
 from gencompress.report.metrics import fidelity
-from gencompress.workflow import RunOptions, build_artifact, float_onnx, prepare
+from gencompress.pipelines.build import build_artifact, float_onnx
+
+from conftest import make_session
 
 FAST = ["--calibration-samples", "64", "--eval-samples", "16", "--latency-runs", "5"]
 
@@ -56,7 +58,7 @@ def test_min_psnr_zero_turns_the_guard_off(collapsing_h5, tmp_path):
     result = CliRunner().invoke(cli, ["quantize", str(collapsing_h5), "-o", str(tmp_path), "--min-psnr", "0", *FAST])
     assert result.exit_code == 0, result.output
     for a in _report(tmp_path)["artifacts"]:
-        assert a["passed"] is None and "fallback" not in a
+        assert a["passed"] is None and a["fallback"] is None
     assert [a["precision"] for a in _report(tmp_path)["artifacts"]] == ["float32", "int8", "float32", "int8"]
 
 
@@ -83,7 +85,7 @@ def test_analyze_ranks_units(dcgan_h5, tmp_path):
 def test_tflite_ignores_node_denylist_for_transpose_conv(dcgan):
     """Pins a TFLite converter bug we work around: denying a TRANSPOSE_CONV by node name does
     nothing; only denying the op type keeps it float. If this fails, TF fixed it: drop the workaround."""
-    session = prepare(dcgan, RunOptions(calibration_samples=16, eval_samples=4), "unused")
+    session = make_session(dcgan, 16, 4)
     mixed = TFLiteMixed(dcgan, session.calibration)
     convs = [u for u in mixed.units if u.op == "TRANSPOSE_CONV"]
     fc = [u for u in mixed.units if u.op == "FULLY_CONNECTED"]
@@ -99,7 +101,7 @@ def test_weight_only_int8_keeps_float_compute(collapsing_h5, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
     model = load_model(collapsing_h5)
-    session = prepare(model, RunOptions(calibration_samples=16, eval_samples=16), tmp_path)
+    session = make_session(model, 16, 16)
     float_tflite = build_artifact(session, "tflite", "float32")
     data = tflite_weight_only(float_tflite)
     interp = Interpreter(model_content=data)
@@ -108,7 +110,7 @@ def test_weight_only_int8_keeps_float_compute(collapsing_h5, tmp_path):
     assert len(data) < 0.7 * len(float_tflite)
     path = tmp_path / "w.tflite"
     path.write_bytes(data)
-    from gencompress.converters.tflite import TFLiteRunner
+    from gencompress.converters.runners import TFLiteRunner
 
     out = TFLiteRunner(str(path), ["z"], ["image"]).run_all(session.evaluation)
     assert fidelity(session.reference, out, session.output_range)["psnr_db"] > 35.0
@@ -121,7 +123,7 @@ def test_onnxruntime_fuses_dq_matmul_into_int8_compute(collapsing_h5, tmp_path):
     from onnx import helper, numpy_helper
 
     model = load_model(collapsing_h5)
-    session = prepare(model, RunOptions(calibration_samples=16, eval_samples=16), tmp_path)
+    session = make_session(model, 16, 16)
     fp = float_onnx(session)
     assert onnx_weight_only(fp) == fp  # MatMul-only model: nothing to store as int8
     # The same model with DQ → MatMul written by hand gets fused and loses the signal.
@@ -146,7 +148,6 @@ def test_onnxruntime_fuses_dq_matmul_into_int8_compute(collapsing_h5, tmp_path):
 def test_saturation_aware_ranges_recover_saturated_logits(keras, tmp_path):
     """Logits in the hundreds (a generator trained to saturation): clamping the sigmoid input's
     calibrated range to ±10 keeps the edge pixels; plain int8 rounds them to 0 / 0.5 / 1."""
-    from gencompress.compress.fallback import Measurer
     from gencompress.compress.quantization import onnx_saturation_overrides
     from gencompress.converters.onnx import quantize_onnx
     from tensorflow.lite.tools import flatbuffer_utils
@@ -159,27 +160,36 @@ def test_saturation_aware_ranges_recover_saturated_logits(keras, tmp_path):
     model.get_layer("image").set_weights([w * 150.0, b])
     model.save(tmp_path / "sat.h5")
     loaded = load_model(tmp_path / "sat.h5")
-    session = prepare(loaded, RunOptions(calibration_samples=64, eval_samples=32), tmp_path)
+    session = make_session(loaded, 64, 32)
     mixed = TFLiteMixed(loaded, session.calibration)
     graph = flatbuffer_utils.read_model_from_bytearray(bytearray(mixed.clamped)).subgraphs[0]
     ranges = [(t.quantization.min[0], t.quantization.max[0]) for t in graph.tensors
               if t.quantization is not None and t.quantization.min is not None and len(t.quantization.min) == 1]
     assert (-10.0, 10.0) in ranges
-    measure = Measurer(session, "tflite", 0.0, 1.0)
+    measure = _measurer(session, "tflite")
     plain = measure("int8", "int8", mixed.build()).psnr_db
     aware = measure("aware", "int8", mixed.build(saturation_aware=True)).psnr_db
     assert aware > plain + 3.0, (plain, aware)
     fp = float_onnx(session)
     overrides = onnx_saturation_overrides(fp)
     assert len(overrides) == 1 and list(overrides.values())[0][0]["rmax"] == 10.0
-    onnx_measure = Measurer(session, "onnx", 0.0, 1.0)
+    onnx_measure = _measurer(session, "onnx")
     plain = onnx_measure("int8", "int8", quantize_onnx(fp, "int8", session.calibration)).psnr_db
     aware = onnx_measure("aware", "int8", quantize_onnx(fp, "int8", session.calibration, range_overrides=overrides)).psnr_db
     assert aware > plain + 3.0, (plain, aware)
 
 
+def _measurer(session, fmt):
+    from gencompress.compress.search import Measurer
+
+    return Measurer(
+        fmt, session.evaluation, session.reference, session.output_range, lambda path: session.runner(path, fmt),
+        session.latency, float_p50=1.0, min_psnr=0.0, workdir=session.workdir,
+    )
+
+
 def test_selection_rules():
-    from gencompress.compress.fallback import Attempt, choose
+    from gencompress.compress.search import Attempt, choose
 
     def a(label, size, psnr, passed):
         return Attempt(label, "int8", b"", size_bytes=size, psnr_db=psnr, passed=passed)
@@ -201,7 +211,7 @@ def test_xnnpack_delegation_is_read_from_the_graph(i2i_keras, tmp_path):
     from gencompress.compress.quantization import tflite_undelegated_ops
 
     model = load_model(i2i_keras)
-    session = prepare(model, RunOptions(calibration_samples=16, eval_samples=4), tmp_path)
+    session = make_session(model, 16, 4)
     assert tflite_undelegated_ops(build_artifact(session, "tflite", "float32")) == set()
     assert tflite_undelegated_ops(build_artifact(session, "tflite", "int8")) == {"PRELU"}
     mixed = TFLiteMixed(model, session.calibration)
@@ -247,9 +257,9 @@ def test_every_search_variant_keeps_float_io(collapsing_h5, tmp_path):
     the model's inputs and outputs int8 (a user feeding floats to the shipped file got garbage)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from gencompress.workflow import tflite_calibrated
+    from gencompress.pipelines.build import tflite_calibrated
 
-    session = prepare(load_model(collapsing_h5), RunOptions(calibration_samples=16, eval_samples=4), tmp_path)
+    session = make_session(load_model(collapsing_h5), 16, 4)
     mixed = tflite_calibrated(session)
     for data in (mixed.build(), mixed.build(dense_per_tensor=True), mixed.build(mixed.units[:1])):
         interp = Interpreter(model_content=data)
@@ -267,14 +277,14 @@ def test_one_calibration_per_format_and_method(collapsing_h5, tmp_path):
     """Calibration is the costliest step on large models: the search's many variants reuse it."""
     from io import StringIO
 
-    from gencompress.progress import Progress
-    from gencompress.workflow import run
+    import gencompress as gc
 
     stream = StringIO()
-    options = RunOptions(calibration_samples=16, eval_samples=8, latency_runs=3, min_psnr=30.0, calibration_method="minmax")
-    report = run(load_model(collapsing_h5), options, tmp_path, "quantize", Progress(stream, bars=False))
+    config = gc.QuantizeConfig(eval_samples=8, latency_runs=3, min_psnr=30.0, calibration_method="minmax")
+    result = gc.quantize(gc.load_model(collapsing_h5), config, gc.Calibration.noise(16), gc.Progress(stream, bars=False))
+    result.save(tmp_path)
     log = stream.getvalue()
-    attempts = {a["format"]: len(a["fallback"]["attempts"]) for a in report["artifacts"] if "fallback" in a}
+    attempts = {a.format: len(a.fallback.attempts) for a in result.report.artifacts if a.fallback}
     assert attempts["tflite"] > 3 and attempts["onnx"] > 3  # the collapsing model needs a real search
     assert log.count("tflite: calibrating on 16 samples") == 1
     # ONNX: once per calibration method the search tries (minmax, then percentile and entropy)

@@ -7,11 +7,11 @@ from conftest import build_dcgan
 from gencompress.calibration.sources import CalibrationSet, noise_set
 from gencompress.compress.finetune import (
     ArrayBatches,
-    FinetuneConfig,
     NoiseBatches,
     train_to_match,
     training_sources,
 )
+from gencompress.config import TrainingConfig
 from gencompress.errors import OptionError
 
 RANGE = (-1.0, 1.0)
@@ -52,7 +52,7 @@ def test_recovers_a_perturbed_student_stops_early_and_restores_the_best(keras, t
     student = _perturbed_copy(keras, teacher)
     # A frozen, perturbed first layer: the rest can compensate only in part, so PSNR plateaus.
     student.get_layer("project").trainable = False
-    config = FinetuneConfig(steps=600, batch_size=16, learning_rate=3e-3, eval_every=10, patience=3, min_delta=0.5)
+    config = TrainingConfig(steps=600, batch_size=16, learning_rate=3e-3, eval_every=10, patience=3, min_delta=0.5)
     result = train_to_match(student, teacher, NoiseBatches(inputs, 16, seed=1), held, RANGE, config)
 
     assert result.history[0]["step"] == 0 and result.history[0]["loss"] is None
@@ -93,7 +93,7 @@ def test_same_seed_same_result_and_callbacks_and_extra_loss(keras, teacher):
 
     for _ in range(2):
         student = _perturbed_copy(keras, teacher)
-        config = FinetuneConfig(steps=40, batch_size=8, eval_every=20, seed=3)
+        config = TrainingConfig(steps=40, batch_size=8, eval_every=20)
         result = train_to_match(student, teacher, NoiseBatches(inputs, 8, seed=3), held, RANGE, config, callbacks=[Count()], progress=False)
         runs.append((result.history, student.get_weights()))
     assert len(seen) == 80  # the user callback saw every step of both runs
@@ -103,7 +103,7 @@ def test_same_seed_same_result_and_callbacks_and_extra_loss(keras, teacher):
     # extra_loss is added to the reconstruction loss.
     student = _perturbed_copy(keras, teacher)
     result = train_to_match(
-        student, teacher, NoiseBatches(inputs, 8), held, RANGE, FinetuneConfig(steps=20, batch_size=8, eval_every=20),
+        student, teacher, NoiseBatches(inputs, 8), held, RANGE, TrainingConfig(steps=20, batch_size=8, eval_every=20),
         extra_loss=lambda y_true, y_pred: 5.0, progress=False,
     )
     assert result.history[-1]["loss"] >= 5.0
@@ -118,14 +118,14 @@ def test_mirrored_strategy_and_zero_steps(keras, teacher):
     with strategy.scope():
         student = _perturbed_copy(keras, teacher)
     result = train_to_match(
-        student, teacher, NoiseBatches(inputs, 8), held, RANGE, FinetuneConfig(steps=40, batch_size=8, eval_every=20),
+        student, teacher, NoiseBatches(inputs, 8), held, RANGE, TrainingConfig(steps=40, batch_size=8, eval_every=20),
         progress=False, strategy=strategy,
     )
     assert result.steps_run == 40 and result.best_psnr_db > result.initial_psnr_db
 
     untouched = _perturbed_copy(keras, teacher)
     before = untouched.get_weights()
-    result = train_to_match(untouched, teacher, NoiseBatches(inputs, 8), held, RANGE, FinetuneConfig(steps=0), progress=False)
+    result = train_to_match(untouched, teacher, NoiseBatches(inputs, 8), held, RANGE, TrainingConfig(steps=0), progress=False)
     assert result.steps_run == 0 and len(result.history) == 1
     assert all(np.array_equal(a, b) for a, b in zip(before, untouched.get_weights()))
 
@@ -164,4 +164,4 @@ def test_batch_streams(conditional):
 )
 def test_bad_config(kwargs, message):
     with pytest.raises(OptionError, match=message):
-        FinetuneConfig(**kwargs)
+        TrainingConfig(**kwargs)

@@ -180,8 +180,10 @@ def test_op_layers_load_by_default_and_compute_the_op(op_layers_h5):
 
 
 def test_op_layer_model_converts_to_tflite_and_onnx(op_layers_h5, tmp_path):
-    from gencompress.converters.onnx import OnnxRunner, export_onnx_float
-    from gencompress.converters.tflite import TFLiteRunner, convert_tflite
+    from gencompress.converters.onnx import export_onnx_float
+    from gencompress.converters.runners import OnnxRunner
+    from gencompress.converters.runners import TFLiteRunner
+    from gencompress.converters.tflite import convert_tflite
 
     path, x, expected = op_layers_h5
     model = load_model(path)

@@ -9,11 +9,12 @@ from click.testing import CliRunner
 
 from conftest import build_dcgan
 from gencompress.cli import cli
-from gencompress.compress.finetune import FinetuneConfig
-from gencompress.compress.pruning import PruneConfig, prune_model, select_layers
+from gencompress.config import TrainingConfig
+from gencompress.compress.pruning import prune_model, select_layers
+from gencompress.config import PruneConfig
 from gencompress.errors import OptionError
 
-FT = FinetuneConfig(steps=60, batch_size=16, eval_every=20)
+FT = TrainingConfig(steps=60, batch_size=16, eval_every=20)
 FAST = ["--calibration-samples", "32", "--eval-samples", "8", "--latency-runs", "3"]
 
 
@@ -31,7 +32,7 @@ def tiny(keras):
 @pytest.mark.parametrize("schedule, sparsity", [("constant", 0.5), ("polynomial", 0.7)])
 def test_sparsity_measured_on_weights_matches_the_request(keras, tiny, schedule, sparsity):
     before = [w.copy() for w in tiny.get_weights()]
-    pruned, info = prune_model(tiny, PruneConfig(sparsity=sparsity, schedule=schedule), FT)
+    pruned, info = prune_model(tiny, PruneConfig(sparsity=sparsity, schedule=schedule, training=FT))
 
     assert abs(info.measured_sparsity - sparsity) <= 0.01, info.layers
     assert [r["name"] for r in info.layers] == ["project", "up1", "image"]
@@ -50,7 +51,7 @@ def test_sparsity_measured_on_weights_matches_the_request(keras, tiny, schedule,
 
 
 def test_2_by_4_pattern_on_the_weights(keras, tiny):
-    pruned, info = prune_model(tiny, PruneConfig(sparsity=0.5, structure="2:4"), FinetuneConfig(steps=20, batch_size=16, eval_every=20))
+    pruned, info = prune_model(tiny, PruneConfig(sparsity=0.5, structure="2:4", training=TrainingConfig(steps=20, batch_size=16, eval_every=20)))
     assert [r["name"] for r in info.layers] == ["project", "up1"]
     # image's kernel is (3, 3, 1, 4): one input channel, no group of 4 to thin.
     assert any(d["name"] == "image" and "multiple of 4" in d["reason"] for d in info.left_dense)
@@ -75,7 +76,7 @@ def test_layers_tfmot_cannot_prune_are_left_dense_and_listed(keras):
     out = keras.layers.Dense(4, activation="tanh", name="out")(x)
     model = keras.Model(x_in, out)
 
-    pruned, info = prune_model(model, PruneConfig(sparsity=0.5), FinetuneConfig(steps=20, batch_size=8, eval_every=20))
+    pruned, info = prune_model(model, PruneConfig(sparsity=0.5, schedule="constant", training=TrainingConfig(steps=20, batch_size=8, eval_every=20)))
     assert [r["name"] for r in info.layers] == ["dense1", "out"]
     left = {d["class"]: d for d in info.left_dense}
     assert left["PReLU"]["params"] == 16 and "tfmot cannot prune PReLU" in left["PReLU"]["reason"]
@@ -114,15 +115,17 @@ def test_bad_prune_config(kwargs, message):
 
 
 def test_schedule_fits_the_fine_tuning_steps():
-    s = PruneConfig(schedule="polynomial").effective_schedule(1000)
-    assert (s["begin_step"], s["end_step"], s["frequency"]) == (1, 500, 24) or (s["end_step"] - s["begin_step"]) % s["frequency"] == 0
-    assert s["end_step"] <= 500 and s["target_at"] == s["end_step"]
-    s = PruneConfig(schedule="polynomial", begin_step=100, end_step=450).effective_schedule(500)
+    s = PruneConfig(schedule="polynomial", training=TrainingConfig(steps=1000)).effective_schedule()
+    # begin at tfmot's step 1, end at half the steps (500) moved down onto the frequency grid
+    assert (s["begin_step"], s["end_step"], s["frequency"], s["target_at"]) == (1, 481, 24, 481)
+    s = PruneConfig(schedule="polynomial", begin_step=100, end_step=450, training=TrainingConfig(steps=500)).effective_schedule()
     assert s["begin_step"] == 100 and s["end_step"] <= 450 and (s["end_step"] - 100) % s["frequency"] == 0
-    assert PruneConfig().effective_schedule(100)["target_at"] == PruneConfig(schedule="constant").effective_schedule(100)["target_at"] or True
-    assert PruneConfig(schedule="constant").effective_schedule(100)["target_at"] == 1
+    # the defaults are the CLI's: polynomial, the target reached half-way
+    assert PruneConfig().schedule == "polynomial"
+    assert PruneConfig(training=TrainingConfig(steps=100)).effective_schedule()["target_at"] == 49
+    assert PruneConfig(schedule="constant", training=TrainingConfig(steps=100)).effective_schedule()["target_at"] == 1
     with pytest.raises(OptionError, match="past the last fine-tuning step"):
-        PruneConfig(schedule="polynomial", end_step=2000).effective_schedule(1000)
+        PruneConfig(schedule="polynomial", end_step=2000, training=TrainingConfig(steps=1000)).effective_schedule()
 
 
 def test_prune_command_then_int8_keeps_the_zeros(dcgan_h5, tmp_path):
@@ -245,7 +248,7 @@ def test_pruned_float_below_min_psnr_keeps_artifacts_and_exits_3(dcgan_h5, tmp_p
     report = json.loads((tmp_path / "report.json").read_text())
     original, pruned = [a for a in report["artifacts"] if a["precision"] != "float32"]
     assert original["passed"] is None and original["fidelity"]["psnr_db"] >= 45
-    assert pruned["passed"] is False and "smallest_int8_search" in pruned and "fallback" not in pruned
+    assert pruned["passed"] is False and pruned["smallest_int8_search"] and pruned["fallback"] is None
     assert any("no quantization can reach it" in n for n in pruned["notes"])
     g = report["pruning"]["gzip"][1]
     assert g["original_variant"] == original["fallback"]["chosen"] and g["pruned_variant"] is not None
@@ -271,3 +274,28 @@ def test_prune_then_qat_keeps_the_sparsity(dcgan_h5, tmp_path):
     assert {r["name"] for r in rows} == {"project", "up1", "image"}
     for r in rows:  # QAT kept every pruned zero, and int8 kept them too
         assert r["float_zeros"] == r["size"] // 2 and r["int8_zeros"] == r["float_zeros"], r
+
+
+@pytest.mark.slow
+def test_prune_then_qat_under_the_mirrored_strategy(dcgan_h5, tmp_path):
+    """The one training loop runs pruning (and its QAT) under tf.distribute too: two logical CPUs,
+    set up before TensorFlow starts, so in a fresh process."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "gencompress", "prune", str(dcgan_h5), "-o", str(out), "--steps", "60", "--then", "qat",
+         "--format", "tflite", "--min-psnr", "0", "--distribute", "mirrored", "--cpu-devices", "2", *FAST],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    for section in (report["pruning"], report["qat"]):
+        assert section["distribute"]["strategy"] == "MirroredStrategy" and section["distribute"]["replicas"] == 2
+    assert abs(report["pruning"]["measured_sparsity"] - 0.5) <= 0.01
+    assert all(row["zeros_kept"] for row in report["qat"]["sparsity"])

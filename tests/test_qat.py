@@ -138,8 +138,8 @@ def test_qat_exports_agree_with_the_qat_keras_model(keras, tiny_models, tmp_path
     tanh/sigmoid and linear outputs: TFLite int8 and QDQ ONNX within 40 dB of the QAT model."""
     from gencompress.compress.qat import convert_qat_tflite, export_qat_onnx
     from gencompress.compress.quantization import tflite_float_ops
-    from gencompress.converters.onnx import OnnxRunner
-    from gencompress.converters.tflite import TFLiteRunner
+    from gencompress.converters.runners import OnnxRunner
+    from gencompress.converters.runners import TFLiteRunner
     from gencompress.model import _from_keras
 
     model = tiny_models[name]
@@ -238,7 +238,7 @@ def test_saturated_logits_get_a_bounded_range_and_the_int8_output_step(keras):
 def test_layers_tfmot_cannot_quantize_are_left_float_and_listed(keras, tmp_path):
     from gencompress.compress.qat import build_qat_model, convert_qat_tflite
     from gencompress.compress.quantization import tflite_float_ops
-    from gencompress.converters.tflite import TFLiteRunner
+    from gencompress.converters.runners import TFLiteRunner
     from gencompress.tfenv import import_tf
 
     tf = import_tf()
@@ -279,25 +279,24 @@ def test_layers_tfmot_cannot_quantize_are_left_float_and_listed(keras, tmp_path)
 def test_pruning_preserving_qat_keeps_the_zeros(keras, dcgan, tmp_path):
     """prune … --then qat: zeros survive fine-tuning (a learning rate that would move them) and
     int8, ConvTranspose kernels included."""
-    from gencompress.compress.finetune import FinetuneConfig
-    from gencompress.compress.pruning import PruneConfig, prune_model
-    from gencompress.compress.qat import qat_after_pruning
-    from gencompress.workflow import RunOptions, prepare
+    from gencompress.compress.pruning import prune_model
+    from gencompress.config import PruneConfig, TrainingConfig
+    from gencompress.pipelines.qat import qat_after_pruning
 
-    pruned, info = prune_model(dcgan.keras_model, PruneConfig(sparsity=0.5), FinetuneConfig(steps=20, batch_size=16, eval_every=10))
+    from conftest import make_session
+
+    pruned, info = prune_model(dcgan.keras_model, PruneConfig(sparsity=0.5, schedule="constant", training=TrainingConfig(steps=20, batch_size=16, eval_every=10)))
     pruned_loaded = dataclasses.replace(dcgan, keras_model=pruned)
-    options = RunOptions(formats=("tflite",), calibration_samples=48, eval_samples=16, latency_runs=3)
-    session = prepare(dcgan, options, tmp_path)
-    section = qat_after_pruning(
-        pruned_loaded, session, FinetuneConfig(steps=20, batch_size=16, eval_every=10, learning_rate=1e-3), progress=False
-    )
+    session = make_session(dcgan, 48, 16, formats=("tflite",), latency_runs=3)
+    section = qat_after_pruning(pruned_loaded, session, TrainingConfig(steps=20, batch_size=16, eval_every=10, learning_rate=1e-3))
+    section = section.model_dump()
     assert section["scheme"] == "tfmot 8-bit, pruning-preserving"
     rows = {r["name"]: r for r in section["sparsity"]}
     assert set(rows) == {"project", "up1", "image"}
     for name, row in rows.items():
         assert row["float_zeros"] >= 0.45 * row["size"], row
         assert row["zeros_kept"] and row["int8_zeros"] >= row["float_zeros"], row
-    assert (tmp_path / "dcgan-pruned-qat.int8.tflite").exists()
+    assert (session.workdir / "dcgan-pruned-qat.int8.tflite").exists()
     exported = section["exports"][0]
     assert exported["agrees"], exported
 
@@ -340,21 +339,29 @@ def test_quantize_method_qat_writes_ptq_and_qat_side_by_side(dcgan_h5, tmp_path)
 
 
 def test_comparison_takes_the_best_post_training_int8_at_the_qat_size():
-    from gencompress.compress.qat import compare_ptq_qat
+    from gencompress.pipelines.qat import compare_ptq_qat
+    from gencompress.results import ArtifactResult
 
     def artifact(fmt, precision, size, psnr, variant=None, **extra):
-        return {"path": f"out/m-{variant or 'ptq'}.{precision}.{fmt}", "format": fmt, "precision": precision,
-                "size_bytes": size, "fidelity": {"psnr_db": psnr}, **({"variant": variant} if variant else {}), **extra}
+        return ArtifactResult(
+            path=f"out/m-{variant or 'ptq'}.{precision}.{fmt}", format=fmt, precision=precision, size_bytes=size, gzip_bytes=size,
+            size_vs_float=None, latency_ms={"p50": 1.0, "p90": 1.0, "runs": 1},
+            fidelity={"psnr_db": psnr, "mse": 0.0, "max_abs_error": 0.0}, variant=variant, **extra,
+        )
+
+    def attempt(label, precision, size, psnr):
+        return {"label": label, "precision": precision, "size_bytes": size, "psnr_db": psnr, "latency_p50_ms": 1.0, "passed": True, "slower_than_float": False}
 
     attempts = [
-        {"label": "int8", "precision": "int8", "size_bytes": 1300, "psnr_db": 31.0},
-        {"label": "int8, saturation-aware ranges", "precision": "int8", "size_bytes": 1300, "psnr_db": 36.0},
-        {"label": "int8, saturation-aware ranges, per-tensor dense weights", "precision": "int8", "size_bytes": 1000, "psnr_db": 35.7},
-        {"label": "mixed: float image", "precision": "mixed", "size_bytes": 1010, "psnr_db": 40.0},
+        attempt("int8", "int8", 1300, 31.0),
+        attempt("int8, saturation-aware ranges", "int8", 1300, 36.0),
+        attempt("int8, saturation-aware ranges, per-tensor dense weights", "int8", 1000, 35.7),
+        attempt("mixed: float image", "mixed", 1010, 40.0),
     ]
+    fallback = {"target_psnr_db": 30.0, "chosen": attempts[2]["label"], "size_cost_bytes": 0, "latency_cost_ms": 0.0, "attempts": attempts}
     artifacts = [
         artifact("tflite", "float32", 4000, 140.0),
-        artifact("tflite", "int8", 1000, 35.7, fallback={"chosen": attempts[2]["label"], "attempts": attempts}),
+        artifact("tflite", "int8", 1000, 35.7, fallback=fallback),
         artifact("tflite", "int8", 1010, 35.9, variant="qat"),
         artifact("onnx", "int8", 1300, 31.0),
         artifact("onnx", "int8", 1200, 36.1, variant="qat"),

@@ -1,3 +1,4 @@
-from gencompress.calibration.sources import CalibrationSet, build_sets
+from gencompress.calibration.calibration import Calibration, build_sets
+from gencompress.calibration.sources import CalibrationSet
 
-__all__ = ["CalibrationSet", "build_sets"]
+__all__ = ["Calibration", "CalibrationSet", "build_sets"]

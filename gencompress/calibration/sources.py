@@ -43,39 +43,6 @@ class CalibrationSet:
         return {"source": self.source, "samples": len(self)}
 
 
-def build_sets(
-    inputs,
-    spec: str,
-    calibration_samples: int,
-    eval_samples: int,
-    seed: int,
-    input_range: tuple[float, float] = (-1.0, 1.0),
-    label_ranges: dict | None = None,
-) -> tuple[CalibrationSet, CalibrationSet]:
-    """Build the calibration set and the disjoint held-out evaluation set.
-
-    ``inputs``: the model's ``TensorInfo`` list. ``spec``: ``noise``, a ``.npy``/``.npz`` path or
-    an image folder. Finite data is shuffled with ``seed`` and split; noise uses two independent
-    seeded streams.
-    """
-    if calibration_samples < 1 or eval_samples < 1:
-        raise CalibrationError("calibration and evaluation need at least one sample each")
-    if spec == "noise":
-        calib = noise_set(inputs, calibration_samples, np.random.default_rng([seed, 0]), label_ranges)
-        held = noise_set(inputs, eval_samples, np.random.default_rng([seed, 1]), label_ranges)
-        return calib, held
-    path = Path(spec)
-    if not path.exists():
-        raise CalibrationError(f"calibration source not found: {spec} (use 'noise', a .npy/.npz file or an image folder)")
-    if path.is_dir():
-        data = image_folder_arrays(inputs, path, input_range)
-    elif path.suffix.lower() in (".npy", ".npz"):
-        data = array_file_arrays(inputs, path)
-    else:
-        raise CalibrationError(f"calibration source {spec} is not a .npy/.npz file or an image folder")
-    return split(data, str(path), calibration_samples, eval_samples, seed)
-
-
 def noise_set(inputs, n: int, rng: np.random.Generator, label_ranges: dict | None) -> CalibrationSet:
     """Standard-normal float inputs; integer (label) inputs get valid random ids."""
     arrays = {}
@@ -109,12 +76,16 @@ def array_file_arrays(inputs, path: Path) -> dict[str, np.ndarray]:
     else:
         with loaded:
             raw = {k: loaded[k] for k in loaded.files}
-        missing = [t.name for t in inputs if t.name not in raw]
-        if missing:
-            raise CalibrationError(
-                f"{path} has no array for input(s) {', '.join(missing)} (it has: {', '.join(raw) or 'none'})"
-            )
-    return {t.name: _checked(t, raw[t.name], str(path)) for t in inputs}
+    return checked_arrays(inputs, raw, str(path))
+
+
+def checked_arrays(inputs, raw: dict, where: str) -> dict[str, np.ndarray]:
+    """``raw`` arrays keyed by input name, checked against the model's inputs (shape, dtype,
+    finite values) and cast to each input's dtype."""
+    missing = [t.name for t in inputs if t.name not in raw]
+    if missing:
+        raise CalibrationError(f"{where} has no array for input(s) {', '.join(missing)} (it has: {', '.join(raw) or 'none'})")
+    return {t.name: _checked(t, np.asarray(raw[t.name]), where) for t in inputs}
 
 
 def image_folder_arrays(inputs, folder: Path, input_range) -> dict[str, np.ndarray]:

@@ -25,49 +25,9 @@ from typing import Callable, Iterator
 import numpy as np
 
 from gencompress.calibration.sources import CalibrationSet, noise_set
+from gencompress.config import TrainingConfig
 from gencompress.errors import OptionError
 from gencompress.tfenv import import_keras, import_tf
-
-LOSSES = ("l2", "l1")
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """How to fine-tune. ``steps`` is the most steps run (rounded up to whole ``eval_every``
-    rounds); early stopping may end sooner, but never before ``min_steps``."""
-
-    steps: int = 1000
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    loss: str = "l2"
-    eval_every: int = 50
-    patience: int = 4
-    min_delta: float = 0.05  # dB
-    min_steps: int = 0
-    seed: int = 0
-    freeze_batchnorm: bool = True
-    plateau_lr_factor: float = 0.5  # multiply the learning rate by this every 2 evaluations without gain
-
-    def __post_init__(self):
-        if self.steps < 0:
-            raise OptionError(f"--steps must be 0 or more, got {self.steps}")
-        if self.batch_size < 1:
-            raise OptionError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise OptionError(f"--learning-rate must be a positive number, got {self.learning_rate}")
-        if self.loss not in LOSSES:
-            raise OptionError(f"unknown fine-tuning loss '{self.loss}' (choose from {', '.join(LOSSES)})")
-        if self.eval_every < 1 or self.patience < 1:
-            raise OptionError("eval_every and patience must be at least 1")
-        if self.min_delta < 0 or self.min_steps < 0:
-            raise OptionError("min_delta and min_steps must not be negative")
-        if not (0.0 < self.plateau_lr_factor <= 1.0):
-            raise OptionError(f"plateau_lr_factor must be in (0, 1], got {self.plateau_lr_factor}")
-
-    @property
-    def rounds(self) -> int:
-        return math.ceil(self.steps / self.eval_every)
-
 
 @dataclass
 class FinetuneResult:
@@ -155,7 +115,7 @@ def train_to_match(
     source,
     held: CalibrationSet,
     output_range: tuple[float, float],
-    config: FinetuneConfig = FinetuneConfig(),
+    config: TrainingConfig = TrainingConfig(),
     callbacks=(),
     extra_loss: Callable | None = None,
     progress: bool = True,
@@ -203,15 +163,7 @@ def train_to_match(
             result.final_psnr_db = result.initial_psnr_db
             return result
         dataset = _teacher_dataset(tf, teacher, source, input_names, student, single_output)
-        with strategy.scope() if strategy is not None else _nullcontext():
-            student.compile(
-                optimizer=keras.optimizers.Adam(config.learning_rate),
-                loss=_loss_fn(tf, config.loss, extra_loss),
-            )
-        resumed = None
-        if checkpoint is not None:
-            with strategy.scope() if strategy is not None else _nullcontext():
-                resumed = checkpoint.restore(student)
+        resumed = _compile(tf, keras, student, config, extra_loss, strategy, checkpoint)
         if resumed is not None:
             _load_state(result, resumed)
             _set_learning_rate(student.optimizer, resumed["learning_rate"])  # with the plateau cuts so far
@@ -235,6 +187,13 @@ def train_to_match(
             layer.trainable = True
         result.seconds = time.perf_counter() - start
     return result
+
+
+def _compile(tf, keras, student, config, extra_loss, strategy, checkpoint):
+    """Compile ``student`` (in the strategy's scope) and restore a checkpoint's state, if any."""
+    with strategy.scope() if strategy is not None else _nullcontext():
+        student.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=_loss_fn(tf, config.loss, extra_loss))
+        return checkpoint.restore(student) if checkpoint is not None else None
 
 
 class _Tracker:

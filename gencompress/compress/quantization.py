@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gencompress.compat.tflite import builtin_op_name, mlir_quantize, ops_details, read_flatbuffer, write_flatbuffer
+from gencompress.compress.saturation import OPS as SATURATION_OPS
+from gencompress.compress.saturation import SATURATION
 from gencompress.errors import ConversionError
 from gencompress.tfenv import import_tf, native_output_captured
 
@@ -66,9 +69,8 @@ def _output_layers(model) -> tuple[str, ...]:
     return tuple(model.keras_model.output_names) if model.keras_model is not None else ()
 
 
-# Beyond these inputs sigmoid and tanh are within 5e-5 of their rails (well under one int8
-# output step of 1/256): clamping their input range there changes the output by less than that.
-SATURATION_BOUNDS = {"LOGISTIC": 10.0, "TANH": 5.0, "Sigmoid": 10.0, "Tanh": 5.0}
+# Where a sigmoid/tanh input's calibrated range is clamped, by op (see ``compress.saturation``).
+SATURATION_BOUNDS = {op: SATURATION[activation].clamp for op, activation in SATURATION_OPS.items()}
 
 
 # ---------------------------------------------------------------- TFLite
@@ -99,8 +101,6 @@ class TFLiteMixed:
         writes them) unless ``int8_io``. With no units kept float this is exactly the
         converter's int8 model (same ops, tensors, weights and scales).
         """
-        from tensorflow.lite.python import convert
-
         tf = import_tf()
         calibrated = self.clamped if saturation_aware and self.clamped else self.calibrated
         names = [u.name for u in float_units if u.op not in TFLITE_OPS_DENIED_BY_TYPE]
@@ -108,17 +108,15 @@ class TFLiteMixed:
         io_type = tf.int8 if int8_io else tf.float32
         try:
             with native_output_captured():
-                return bytes(
-                    convert.mlir_quantize(
-                        calibrated,
-                        # True would also quantize the model's inputs and outputs (int8 I/O)
-                        fully_quantize=False,
-                        input_data_type=io_type,
-                        output_data_type=io_type,
-                        denylisted_nodes=names or None,
-                        denylisted_ops=ops or None,
-                        disable_per_channel_for_dense_layers=dense_per_tensor,
-                    )
+                return mlir_quantize(
+                    calibrated,
+                    # True would also quantize the model's inputs and outputs (int8 I/O)
+                    fully_quantize=False,
+                    input_data_type=io_type,
+                    output_data_type=io_type,
+                    denylisted_nodes=names or None,
+                    denylisted_ops=ops or None,
+                    disable_per_channel_for_dense_layers=dense_per_tensor,
                 )
         except Exception as exc:  # ConverterError and friends
             raise ConversionError(f"TFLite mixed quantization failed: {str(exc).splitlines()[0][:300]}") from exc
@@ -133,10 +131,8 @@ def saturation_clamped(calibrated: bytes) -> bytes | None:
     pixels, which sit on the knee, are lost. Only tensors whose every consumer is a saturating
     activation are clamped, so nothing else sees the narrower range.
     """
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
-    names = {i: _op_name(model, code) for i, code in enumerate(model.operatorCodes)}
+    model = read_flatbuffer(calibrated)
+    names = {i: builtin_op_name(model, code) for i, code in enumerate(model.operatorCodes)}
     changed = False
     for graph in model.subgraphs:
         consumers: dict[int, list[str]] = {}
@@ -156,14 +152,7 @@ def saturation_clamped(calibrated: bytes) -> bytes | None:
             if (lo, hi) != (float(q.min[0]), float(q.max[0])) and lo < hi:
                 q.min, q.max = [lo], [hi]
                 changed = True
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else None
-
-
-def _op_name(model, code) -> str:
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    value = max(code.builtinCode, code.deprecatedBuiltinCode)
-    return next((k for k, v in vars(schema.BuiltinOperator).items() if v == value), str(value))
+    return write_flatbuffer(model) if changed else None
 
 
 def _ops(tflite_bytes: bytes):
@@ -172,7 +161,7 @@ def _ops(tflite_bytes: bytes):
     with native_output_captured():
         interpreter = Interpreter(model_content=tflite_bytes)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    for op in interpreter._get_ops_details():
+    for op in ops_details(interpreter):
         outs = [tensors[i] for i in op["outputs"] if i >= 0]
         if outs:
             yield op["op_name"], outs[0]
@@ -220,7 +209,7 @@ def tflite_undelegated_ops(tflite_bytes: bytes) -> set[str]:
     with native_output_captured():
         interpreter = Interpreter(model_content=tflite_bytes)
         interpreter.allocate_tensors()
-        ops = interpreter._get_ops_details()
+        ops = ops_details(interpreter)
     graph_outputs = {d["index"] for d in interpreter.get_output_details()}
     delegates = [o for o in ops if o["op_name"] == "DELEGATE"]
     d_in = {int(t) for d in delegates for t in d["inputs"]}

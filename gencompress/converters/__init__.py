@@ -1,4 +1,5 @@
-"""Writers of deployable files: TFLite and ONNX, float and quantized."""
+"""Writers of deployable files (TFLite, ONNX; float and quantized) and the runtimes that measure them."""
 
-PRECISIONS = ("float32", "float16", "dynamic", "int8", "int16x8")
-FORMATS = ("tflite", "onnx")
+from gencompress.config import FORMATS, PRECISIONS
+
+__all__ = ["FORMATS", "PRECISIONS"]

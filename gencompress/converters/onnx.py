@@ -7,13 +7,12 @@ import re
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
+from gencompress.config import CALIBRATION_METHODS  # noqa: F401  (the methods quantize_onnx takes)
 from gencompress.errors import ConversionError
 from gencompress.tfenv import import_tf, native_output_captured
 
 OPSET = 17
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 
 def export_onnx_float(model) -> bytes:
@@ -149,15 +148,8 @@ def quantize_onnx(
     int16x8: static QDQ with int16 activations. dynamic: int8 weights, activations quantized at
     run time. float16: weights and compute in float16, float32 inputs and outputs.
     """
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
     from onnxruntime import set_default_logger_severity
+    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     set_default_logger_severity(3)
@@ -175,43 +167,49 @@ def quantize_onnx(
                 elif precision in ("int8", "int16x8"):
                     if calibration is None:
                         raise ValueError(f"{precision} needs a calibration set")
-
-                    class Reader(CalibrationDataReader):
-                        def __init__(self):
-                            self._it = iter(calibration.samples())
-
-                        def get_next(self):
-                            sample = next(self._it, None)
-                            if sample is not None and on_sample is not None:
-                                on_sample(1)
-                            return sample
-
-                    method = {
-                        "minmax": CalibrationMethod.MinMax,
-                        "percentile": CalibrationMethod.Percentile,
-                        "entropy": CalibrationMethod.Entropy,
-                    }[calibration_method]
-                    quantize_static(
-                        pre,
-                        out,
-                        Reader(),
-                        quant_format=QuantFormat.QDQ,
-                        per_channel=True,
-                        activation_type=QuantType.QInt8 if precision == "int8" else QuantType.QInt16,
-                        weight_type=QuantType.QInt8,
-                        calibrate_method=method,
-                        nodes_to_exclude=nodes_to_exclude or [],
-                        calibration_cache_path=calibration_cache,
-                        extra_options={
-                            "CalibTensorRangeSymmetric": False,
-                            **({"TensorQuantOverrides": range_overrides} if range_overrides else {}),
-                        },
-                    )
+                    _quantize_static(pre, out, precision, calibration, calibration_method, nodes_to_exclude, range_overrides, calibration_cache, on_sample)
                 else:
                     raise ValueError(f"unknown precision {precision}")
         except (ValueError, RuntimeError, KeyError) as exc:
             raise ConversionError(f"ONNX {precision} quantization failed: {str(exc).splitlines()[0][:400]}") from exc
         return Path(out).read_bytes()
+
+
+def _quantize_static(pre, out, precision, calibration, calibration_method, nodes_to_exclude, range_overrides, calibration_cache, on_sample):
+    """QDQ, per-channel int8 weights, int8 (or int16) activations, calibrated (or cached)."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(calibration.samples())
+
+        def get_next(self):
+            sample = next(self._it, None)
+            if sample is not None and on_sample is not None:
+                on_sample(1)
+            return sample
+
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }[calibration_method]
+    quantize_static(
+        pre,
+        out,
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8 if precision == "int8" else QuantType.QInt16,
+        weight_type=QuantType.QInt8,
+        calibrate_method=method,
+        nodes_to_exclude=nodes_to_exclude or [],
+        calibration_cache_path=calibration_cache,
+        extra_options={
+            "CalibTensorRangeSymmetric": False,
+            **({"TensorQuantOverrides": range_overrides} if range_overrides else {}),
+        },
+    )
 
 
 def _to_float16(float_model: bytes) -> bytes:
@@ -224,42 +222,3 @@ def _to_float16(float_model: bytes) -> bytes:
     except Exception as exc:  # the converter raises bare Exceptions
         raise ConversionError(f"ONNX float16 conversion failed: {str(exc).splitlines()[0][:400]}") from exc
     return half.SerializeToString()
-
-
-class OnnxRunner:
-    """Runs an ``.onnx`` file in onnxruntime on the CPU, inputs keyed by the model's input names."""
-
-    def __init__(self, path: str, input_names: list[str], output_names: list[str], threads: int = 1):
-        import onnxruntime as ort
-
-        ort.set_default_logger_severity(3)  # deprecation chatter from the global logger
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ConversionError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0][:400]}") from exc
-        self.input_names = input_names
-        self._feed = None
-
-    def set_inputs(self, sample: dict[str, np.ndarray]) -> None:
-        self._feed = {n: sample[n] for n in self.input_names}
-
-    def invoke(self) -> None:
-        self.session.run(None, self._feed)
-
-    def run(self, sample: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return [np.asarray(o, dtype=np.float32) for o in self.session.run(None, {n: sample[n] for n in self.input_names})]
-
-    def run_all(self, data, on_sample=None, batch: int = 8) -> list[np.ndarray]:
-        """Outputs for every sample of a ``CalibrationSet`` in batches of ``batch``;
-        ``on_sample(n)`` is called after each batch (progress)."""
-        n = len(data)
-        parts = []
-        for start in range(0, n, batch):
-            parts.append(self.run({k: v[start : start + batch] for k, v in data.arrays.items()}))
-            if on_sample is not None:
-                on_sample(min(batch, n - start))
-        return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]

@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 
+from gencompress.compat.tflite import calibrate_only, read_flatbuffer, write_flatbuffer
 from gencompress.errors import ConversionError
 from gencompress.tfenv import import_tf, native_output_captured
 
@@ -46,7 +47,7 @@ def convert_tflite(model, precision: str, calibration=None, int8_io: bool = Fals
         with native_output_captured():
             return bytes(converter.convert())
     except Exception as exc:  # the converter raises ConverterError, RuntimeError, ValueError...
-        raise ConversionError(f"TFLite {precision} conversion failed: {_summary(exc)}") from exc
+        raise ConversionError(f"TFLite {precision} conversion failed: {error_summary(exc)}") from exc
 
 
 def int8_converter(model, calibration):
@@ -77,18 +78,18 @@ def calibrate(model, calibration, progress=None) -> bytes:
 
     progress = progress or Progress.silent()
     converter = int8_converter(model, calibration.take(1))
-    converter._experimental_calibrate_only = True  # the float model with min/max per tensor
+    calibrate_only(converter)  # the float model with min/max per tensor
     n = len(calibration)
     with progress.phase(f"tflite: calibrating on {n} samples", total=n, unit="sample") as phase:
         try:
             with native_output_captured():
                 structure = bytes(converter.convert())
         except Exception as exc:  # the converter raises many kinds
-            raise ConversionError(f"TFLite calibration failed: {_summary(exc)}") from exc
+            raise ConversionError(f"TFLite calibration failed: {error_summary(exc)}") from exc
         ranges = _observed_ranges(structure, model, calibration, phase.update)
         if ranges is None:  # let the calibrator do it all
             converter = int8_converter(model, calibration)
-            converter._experimental_calibrate_only = True
+            calibrate_only(converter)
             with native_output_captured():
                 return bytes(converter.convert())
     return _with_ranges(structure, ranges)
@@ -98,9 +99,8 @@ def _observed_ranges(calibrated: bytes, model, calibration, on_sample) -> dict |
     """Min/max of every annotated float tensor of ``calibrated`` over the calibration samples,
     by tensor index; ``None`` when one of them cannot be read (then the calibrator decides)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    from tensorflow.lite.tools import flatbuffer_utils
 
-    flat = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+    flat = read_flatbuffer(calibrated)
     if len(flat.subgraphs) != 1:
         return None
     wanted = [
@@ -138,14 +138,12 @@ def _observed_ranges(calibrated: bytes, model, calibration, on_sample) -> dict |
 
 
 def _with_ranges(calibrated: bytes, ranges: dict) -> bytes:
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    flat = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+    flat = read_flatbuffer(calibrated)
     tensors = flat.subgraphs[0].tensors
     for i, (lo, hi) in ranges.items():
         tensors[i].quantization.min = [np.float32(lo)]
         tensors[i].quantization.max = [np.float32(hi)]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(flat))
+    return write_flatbuffer(flat)
 
 
 def _converter(tf, model):
@@ -214,75 +212,7 @@ def representative_dataset(model, calibration):
     return dataset
 
 
-def _summary(exc: BaseException) -> str:
+def error_summary(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if "error:" in ln.lower()]
     text = lines[0] if lines else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return text[:400]
-
-
-class TFLiteRunner:
-    """Runs a ``.tflite`` file in the LiteRT interpreter (XNNPACK delegate), one sample at a time.
-
-    Inputs are keyed by the model's input names; integer-quantized I/O is (de)quantized here so
-    callers always see the model's float values.
-    """
-
-    def __init__(self, path: str, input_names: list[str], output_names: list[str], threads: int = 1):
-        from ai_edge_litert.interpreter import Interpreter
-
-        try:
-            with native_output_captured():  # "Created TensorFlow Lite XNNPACK delegate"
-                self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
-                self.interpreter.allocate_tensors()
-            runner = self.interpreter.get_signature_runner()
-        except (ValueError, RuntimeError) as exc:
-            raise ConversionError(f"LiteRT cannot load {path}: {_summary(exc)}") from exc
-        in_details = runner.get_input_details()
-        out_details = runner.get_output_details()
-        self.inputs = [(n, in_details[_match(n, in_details, i)]) for i, n in enumerate(input_names)]
-        self.outputs = [out_details[_match(n, out_details, i)] for i, n in enumerate(output_names)]
-
-    def set_inputs(self, sample: dict[str, np.ndarray]) -> None:
-        for name, d in self.inputs:
-            self.interpreter.set_tensor(d["index"], _quantize(sample[name], d))
-
-    def invoke(self) -> None:
-        self.interpreter.invoke()
-
-    def run(self, sample: dict[str, np.ndarray]) -> list[np.ndarray]:
-        self.set_inputs(sample)
-        self.interpreter.invoke()
-        return [_dequantize(self.interpreter.get_tensor(d["index"]), d) for d in self.outputs]
-
-    def run_all(self, data, on_sample=None) -> list[np.ndarray]:
-        """Outputs for every sample of a ``CalibrationSet``, stacked along the batch axis.
-        ``on_sample(1)`` is called after each (progress)."""
-        results = []
-        for s in data.samples():
-            results.append(self.run(s))
-            if on_sample is not None:
-                on_sample(1)
-        return [np.concatenate([r[i] for r in results]) for i in range(len(self.outputs))]
-
-
-def _match(name: str, details: dict, position: int) -> str:
-    if signature_key(name) in details:
-        return signature_key(name)
-    keys = sorted(details)  # converter names them output_0, output_1, ... in model order
-    return keys[position]
-
-
-def _quantize(x: np.ndarray, d: dict) -> np.ndarray:
-    dtype = d["dtype"]
-    scale, zero = d["quantization"]
-    if np.issubdtype(dtype, np.integer) and scale:
-        info = np.iinfo(dtype)
-        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
-    return x.astype(dtype)
-
-
-def _dequantize(y: np.ndarray, d: dict) -> np.ndarray:
-    scale, zero = d["quantization"]
-    if np.issubdtype(y.dtype, np.integer) and scale:
-        return (y.astype(np.float32) - zero) * scale
-    return y.astype(np.float32)

@@ -87,7 +87,20 @@ def _layer_classes() -> dict:
         return _classes
     keras = import_keras()
     tf = import_tf()
+    contrib, addons = _instance_normalizations(_normalization_base(keras), tf)
+    # Saved under the original class name (what a model derived from a loaded one writes); the
+    # config keys tell the two InstanceNormalizations apart again on the next load.
+    contrib.__name__ = addons.__name__ = "InstanceNormalization"
+    _classes.update(
+        contrib=contrib,
+        addons=addons,
+        dispatch=_normalization_by_config(keras),
+        reflection=_reflection_padding(keras, tf),
+    )
+    return _classes
 
+
+def _normalization_base(keras):
     class _Normalization(keras.layers.Layer):
         """Shared by both InstanceNormalizations: same arguments, gamma then beta (as saved)."""
 
@@ -122,6 +135,10 @@ def _layer_classes() -> dict:
         def compute_output_shape(self, input_shape):
             return input_shape
 
+    return _Normalization
+
+
+def _instance_normalizations(_Normalization, tf):
     class ContribInstanceNormalization(_Normalization):
         """keras_contrib's: (x - mean) / (std + epsilon) over every axis but the batch and
         ``axis``; ``axis=None`` normalizes each sample as a whole, with one gamma and beta."""
@@ -161,6 +178,10 @@ def _layer_classes() -> dict:
         def get_config(self):
             return {**super().get_config(), "groups": -1}
 
+    return ContribInstanceNormalization, AddonsInstanceNormalization
+
+
+def _normalization_by_config(keras):
     class InstanceNormalizationByConfig(keras.layers.Layer):
         """Only a name for deserialization: builds whichever InstanceNormalization the keys say."""
 
@@ -171,6 +192,10 @@ def _layer_classes() -> dict:
                 raise ValueError(f"InstanceNormalization config is {why}")
             return builtin.from_config(config)
 
+    return InstanceNormalizationByConfig
+
+
+def _reflection_padding(keras, tf):
     class ReflectionPadding2D(keras.layers.Layer):
         """tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], "REFLECT") on NHWC input."""
 
@@ -195,13 +220,5 @@ def _layer_classes() -> dict:
                 config["data_format"] = self.data_format
             return {**super().get_config(), **config}
 
-    # Saved under the original class name (what a model derived from a loaded one writes); the
-    # config keys tell the two InstanceNormalizations apart again on the next load.
-    ContribInstanceNormalization.__name__ = AddonsInstanceNormalization.__name__ = "InstanceNormalization"
-    _classes.update(
-        contrib=ContribInstanceNormalization,
-        addons=AddonsInstanceNormalization,
-        dispatch=InstanceNormalizationByConfig,
-        reflection=ReflectionPadding2D,
-    )
-    return _classes
+    return ReflectionPadding2D
+

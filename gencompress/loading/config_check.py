@@ -239,6 +239,6 @@ def tf_op_layer_class():
     deserialization, so configs written by TF 2.0-2.3 fail with "Unknown layer" unless it is
     passed by name. It recreates the saved op from its NodeDef on the layer's inputs and constants.
     """
-    from tf_keras.src.engine.base_layer import TensorFlowOpLayer
+    from gencompress.compat.tf_keras import tensorflow_op_layer
 
-    return TensorFlowOpLayer
+    return tensorflow_op_layer()

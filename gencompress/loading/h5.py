@@ -35,9 +35,9 @@ def read_h5_config(p: Path) -> tuple[dict, str]:
     version = version.decode() if isinstance(version, bytes) else str(version)
     try:
         import_keras()  # TensorFlow first, quietly
-        from tf_keras.src.saving.legacy.saved_model import json_utils
+        from gencompress.compat.tf_keras import json_utils
 
-        config = json_utils.decode(raw.decode() if isinstance(raw, bytes) else raw)
+        config = json_utils().decode(raw.decode() if isinstance(raw, bytes) else raw)
     except ValueError as exc:
         raise ModelLoadError(f"{p}: model config is not valid JSON: {first_line(exc)}") from None
     if not isinstance(config, dict):
@@ -60,11 +60,11 @@ def load_h5(p: Path, trust_code: bool, user_objects: dict):
 
         build_lambda_functions(config, user_objects)
     keras = import_keras()
-    from tf_keras.src.saving.serialization_lib import SafeModeScope
+    from gencompress.compat.tf_keras import safe_mode_scope
 
     try:
         # Lambdas reach this point only with trust_code (the check refused them otherwise).
-        with SafeModeScope(not trust_code):
+        with safe_mode_scope(not trust_code):
             model = keras.models.model_from_config(config, custom_objects={**builtin_objects(), **user_objects})
     except GencompressError:
         raise
@@ -97,7 +97,7 @@ def normalize_old_config(node, name=None) -> None:
 
 def _load_weights(p: Path, model) -> None:
     import h5py
-    from tf_keras.src.saving.legacy.hdf5_format import load_weights_from_hdf5_group
+    from gencompress.compat.tf_keras import load_weights_from_hdf5_group
 
     try:
         with h5py.File(p, "r") as f:
@@ -111,21 +111,21 @@ def _load_weights(p: Path, model) -> None:
 
 
 def _load_keras3_h5(p: Path, config: dict, trust_code: bool):
-    from gencompress.bridge import _check_code, _import_backends, _one_line, keras3_to_tf_keras
+    from gencompress.bridge import check_code, import_backends, one_line, keras3_to_tf_keras
     from gencompress.loading.config_check import check_config, keras3_layer
 
     check_config(
         config, trust_code, {}, keras3_layer,
         custom_hint="gencompress loads Keras 3 files by rebuilding them with built-in tf-keras layers only",
     )  # fmt: skip
-    _check_code(config, trust_code)  # Keras 3 serialized functions and lambdas anywhere in it
-    keras, _ = _import_backends()
+    check_code(config, trust_code)  # Keras 3 serialized functions and lambdas anywhere in it
+    keras, _ = import_backends()
     try:
         model = keras.saving.load_model(str(p), compile=False, safe_mode=not trust_code)
     except GencompressError:
         raise
     except Exception as exc:  # noqa: BLE001 - Keras raises many kinds; report one line
-        raise ModelLoadError(f"Keras 3 could not load {p}: {_one_line(exc)}") from None
+        raise ModelLoadError(f"Keras 3 could not load {p}: {one_line(exc)}") from None
     return keras3_to_tf_keras(model)
 
 

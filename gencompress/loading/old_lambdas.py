@@ -54,9 +54,9 @@ def build_lambda_functions(config, custom_objects: dict) -> None:
 
 
 def _lambda_globals(module, custom_objects: dict) -> dict:
-    from tf_keras.src.layers.core import lambda_layer
+    from gencompress.compat.tf_keras import lambda_layer_module
 
-    globs = dict(vars(lambda_layer))
+    globs = dict(vars(lambda_layer_module()))
     if module in sys.modules:  # only a module already imported, as tf-keras does
         globs.update(vars(sys.modules[module]))
     globs.update(custom_objects)

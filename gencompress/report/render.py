@@ -1,23 +1,13 @@
-"""The report as report.json, report.md and a terminal table."""
+"""The report as text: report.md and the terminal's table and summary lines.
+
+Everything renders from the report as ``report.json`` holds it (``Report.model_dump()``).
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from gencompress.artifacts import write_bytes_atomic
-
-
-def write_report(report: dict, output_dir: str | Path, sections: list[str] = ()) -> tuple[Path, Path]:
-    """Write ``report.json`` and ``report.md`` into ``output_dir`` (atomically).
-
-    ``sections``: extra markdown a command adds after the table (pruning, distillation, …).
-    """
-    out = Path(output_dir)
-    json_path = write_bytes_atomic(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
-    text = "\n".join([markdown(report).rstrip("\n"), *sections]) + "\n"
-    md_path = write_bytes_atomic(out / "report.md", text.encode())
-    return json_path, md_path
+from gencompress.report import sections
 
 
 def _rows(report: dict) -> list[list[str]]:
@@ -65,12 +55,12 @@ def markdown(report: dict) -> str:
         f"- output range: [{lo:g}, {hi:g}] ({m['output_range_source']})",
         f"- evaluation: {ev['samples']} held-out samples from {ev['source']}, seed {ev['seed']}",
     ]
-    if "calibration" in report:
+    if report.get("calibration"):
         c = report["calibration"]
         lines.append(f"- calibration: {c['samples']} samples from {c['source']}, method {c['method']}")
     lines += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(r) + " |" for r in _rows(report)]
-    if "sensitivity" in report:
+    if report.get("sensitivity"):
         lines += ["", sensitivity_table(report, markdown=True)]
     notes = [f"- {n}" for n in report.get("notes", [])]
     notes += [f"- `{Path(a['path']).name}`: {n}" for a in report["artifacts"] for n in a.get("notes", [])]
@@ -84,6 +74,27 @@ def markdown(report: dict) -> str:
         f"onnxruntime CPU for .onnx, {report['settings']['threads']} thread(s).",
         "",
     ]
+    if report.get("pruning"):
+        lines.append(sections.pruning_markdown(report["pruning"]))
+    if report.get("qat"):
+        lines.append(sections.qat_markdown(report["qat"]))
+    if report.get("distillation"):
+        lines.append(sections.distillation_markdown(report["distillation"]))
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def terminal_summary(report: dict) -> str:
+    """The lines after the artifact table: the run's notes, then the command's section summary
+    (or each artifact's notes)."""
+    lines = [f"note: {n}" for n in report.get("notes", [])]
+    if report.get("pruning"):
+        lines.append(sections.pruning_summary(report))
+    elif report.get("distillation"):
+        lines.append(sections.distillation_summary(report))
+    elif report.get("qat"):
+        lines.append(sections.qat_summary(report))
+    else:
+        lines += [f"note: {Path(a['path']).name}: {n}" for a in report["artifacts"] for n in a.get("notes", [])]
     return "\n".join(lines)
 
 

@@ -30,6 +30,7 @@ def float_ops_in_int8(model, samples: int = 16, seed: int = 0) -> list[dict] | N
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     from ai_edge_litert.interpreter import Interpreter
 
+    from gencompress.compat.tflite import ops_details
     from gencompress.compress.quantization import tflite_undelegated_ops
     from gencompress.tfenv import native_output_captured
 
@@ -38,7 +39,7 @@ def float_ops_in_int8(model, samples: int = 16, seed: int = 0) -> list[dict] | N
         interpreter = Interpreter(model_content=data)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     leftovers = []
-    for op in interpreter._get_ops_details():
+    for op in ops_details(interpreter):
         if op["op_name"] in _NOT_COMPUTE:
             continue
         outs = [tensors[i] for i in op["outputs"] if i >= 0]

@@ -1,0 +1,88 @@
+"""gencompress as a library: every call takes the model first and a config second and returns a
+``Result``; writing files is the separate ``Result.save``.
+
+    import gencompress as gc
+
+    model = gc.load_model("generator.h5")               # or gc.from_keras(keras_model)
+    calib = gc.Calibration.noise(200, seed=0)           # .arrays_of({"z": z}), .images("photos/", range=(-1, 1))
+    result = gc.quantize(model, gc.QuantizeConfig(min_psnr=35), calibration=calib)
+    result.artifacts["tflite"].fidelity.psnr_db
+    result.save("out/")
+
+Errors are the typed ones of ``gencompress.errors``. Progress is silent unless a ``Progress`` is
+given (the CLI gives one that draws bars on a terminal and prints a line per phase in logs).
+"""
+
+from __future__ import annotations
+
+from gencompress.calibration import Calibration
+from gencompress.config import AnalyzeConfig, DistillConfig, ExportConfig, PruneConfig, QuantizeConfig
+from gencompress.model import LoadedModel, from_keras
+from gencompress.model import load_model as _load_model
+from gencompress.pipelines.result import Result
+from gencompress.progress import Progress
+
+
+def load_model(path, trust_code: bool = False, custom_objects: str | None = None) -> LoadedModel:
+    """Load a ``.h5``, ``.keras`` or SavedModel. Code stored in the model (Lambda layers) runs
+    only with ``trust_code``; ``custom_objects``: a Python file defining custom layer classes
+    and Lambda helpers (needs ``trust_code``)."""
+    return _load_model(path, trust_code=trust_code, custom_objects_file=custom_objects)
+
+
+def quantize(model: LoadedModel, config: QuantizeConfig | None = None, calibration: Calibration | None = None,
+             progress: Progress | None = None, strategy=None) -> Result:
+    """Post-training quantization (and, with ``method="qat"``, quantization-aware training)."""
+    from gencompress.pipelines.quantize import quantize as run
+
+    config = config or QuantizeConfig()
+    if config.method == "qat":
+        strategy = strategy or _strategy(config.qat)
+    return run(model, config, calibration, progress, strategy)
+
+
+def export(model: LoadedModel, config: ExportConfig | None = None, calibration: Calibration | None = None,
+           progress: Progress | None = None) -> Result:
+    """Float32 ``.tflite`` and ``.onnx``, measured against the Keras model."""
+    from gencompress.pipelines.quantize import export as run
+
+    return run(model, config or ExportConfig(), calibration, progress)
+
+
+def analyze(model: LoadedModel, config: AnalyzeConfig | None = None, calibration: Calibration | None = None,
+            progress: Progress | None = None) -> Result:
+    """Per-unit int8 sensitivity, ranked most sensitive first (``result.report.sensitivity``)."""
+    from gencompress.pipelines.quantize import analyze as run
+
+    return run(model, config or AnalyzeConfig(), calibration, progress)
+
+
+def prune(model: LoadedModel, config: PruneConfig | None = None, calibration: Calibration | None = None,
+          progress: Progress | None = None, strategy=None) -> Result:
+    """Magnitude pruning with data-free fine-tuning; ``result.model`` is the pruned Keras model."""
+    from gencompress.pipelines.prune import prune as run
+
+    config = config or PruneConfig()
+    return run(model, config, calibration, progress, strategy or _strategy(config.training))
+
+
+def distill(model: LoadedModel, config: DistillConfig | None = None, calibration: Calibration | None = None, *,
+            student: LoadedModel | None = None, progress: Progress | None = None, strategy=None) -> Result:
+    """A smaller student trained to reproduce ``model``; ``result.model`` is the student."""
+    from gencompress.pipelines.distill import distill as run
+
+    config = config or DistillConfig()
+    return run(model, config, calibration, student=student, progress=progress, strategy=strategy or _strategy(config.training))
+
+
+def _strategy(training):
+    """The ``tf.distribute`` strategy ``training.distribute`` names, made now. Multi-worker and
+    logical CPU devices must be set up before TensorFlow starts: make those with
+    ``compress.distribute.make_strategy`` before loading the model, and pass them in."""
+    if training.distribute == "none":
+        return None
+    from gencompress.compress.distribute import make_strategy
+
+    return make_strategy(training.distribute)
+
+__all__ = ["load_model", "from_keras", "quantize", "export", "analyze", "prune", "distill", "Calibration", "Result", "Progress"]

@@ -1,0 +1,53 @@
+"""TensorFlow Lite internals gencompress relies on (TF 2.21, ai-edge-litert 2.3)."""
+
+from __future__ import annotations
+
+
+def calibrate_only(converter) -> None:
+    """Make ``converter.convert()`` return the float model with each tensor's recorded min/max
+    instead of a quantized one (the converter's private ``_experimental_calibrate_only``)."""
+    if not hasattr(converter, "_experimental_calibrate_only"):
+        raise RuntimeError("TFLiteConverter has no _experimental_calibrate_only: the TensorFlow release changed it")
+    converter._experimental_calibrate_only = True
+
+
+def mlir_quantize(calibrated: bytes, **kwargs) -> bytes:
+    """Quantize a calibrated model with the converter's MLIR quantizer
+    (``tensorflow.lite.python.convert.mlir_quantize``: deny-lists, per-tensor dense weights)."""
+    from tensorflow.lite.python import convert
+
+    return bytes(convert.mlir_quantize(calibrated, **kwargs))
+
+
+def ops_details(interpreter) -> list[dict]:
+    """Every op of an interpreter's graph (LiteRT's private ``_get_ops_details``): name, index,
+    inputs, outputs; after ``allocate_tensors`` a delegated partition shows as one ``DELEGATE``."""
+    return interpreter._get_ops_details()
+
+
+def read_flatbuffer(data: bytes):
+    """A TFLite flatbuffer as mutable Python objects (``flatbuffer_utils``)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+
+
+def flatbuffer_object(data: bytes):
+    """A TFLite flatbuffer as mutable Python objects, buffers as they are (``convert_bytearray_to_object``)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+
+
+def write_flatbuffer(model) -> bytes:
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def builtin_op_name(model, code) -> str:
+    """The builtin operator name (``CONV_2D``) of an operator code of a read flatbuffer."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    value = max(code.builtinCode, code.deprecatedBuiltinCode)
+    return next((k for k, v in vars(schema.BuiltinOperator).items() if v == value), str(value))

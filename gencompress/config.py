@@ -1,0 +1,320 @@
+"""What each command is asked to do: typed, validated once, every default in one place.
+
+The CLI reads its option defaults from these dataclasses (``default_of``); the library takes
+them as the second argument of every call (``gencompress.quantize(model, QuantizeConfig())``).
+A value out of range raises ``OptionError`` when the config is made, before any work starts.
+Sample counts and latency runs left ``None`` are decided per model (``pipelines.session``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from gencompress.errors import OptionError
+
+FORMATS = ("tflite", "onnx")
+PRECISIONS = ("float32", "float16", "dynamic", "int8", "int16x8")
+MODES = ("float16", "dynamic", "int8", "int16x8")  # what quantize writes beside the float32 reference
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+METHODS = ("ptq", "qat")
+LOSSES = ("l2", "l1")
+SCHEDULES = ("constant", "polynomial")
+STRUCTURES = ("2:4",)
+DISTRIBUTE = ("none", "mirrored", "multi-worker")
+
+
+def default_of(cls, name: str):
+    """The default of field ``name`` of config class ``cls`` (for the CLI's options)."""
+    f = cls.__dataclass_fields__[name]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What every command that builds and measures artifacts shares.
+
+    ``eval_samples``: held-out samples fidelity is measured on (``None``: from the output size,
+    64 for small outputs); ``latency_runs``: timed batch-1 runs per artifact (``None``: 50, 10
+    with ``fast``); ``fast``: a quick look with a quarter of the samples; ``seed`` seeds noise,
+    shuffles, splits and training, so the same call gives the same artifacts byte for byte.
+    """
+
+    formats: tuple[str, ...] = FORMATS
+    eval_samples: int | None = None
+    seed: int = 0
+    threads: int = 1
+    latency_runs: int | None = None
+    fast: bool = False
+
+    def __post_init__(self):
+        if not self.formats:
+            raise OptionError("no output format given")
+        for f in self.formats:
+            if f not in FORMATS:
+                raise OptionError(f"unknown format '{f}' (choose from {', '.join(FORMATS)})")
+        if self.eval_samples is not None and self.eval_samples < 1:
+            raise OptionError("--eval-samples must be at least 1")
+        if not (isinstance(self.seed, int) and self.seed >= 0):
+            raise OptionError(f"--seed must be a whole number >= 0, got {self.seed}")
+        if self.threads < 1 or (self.latency_runs is not None and self.latency_runs < 1):
+            raise OptionError("--threads and latency runs must be at least 1")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How a model is fine-tuned to reproduce its teacher (pruning, QAT, distillation).
+
+    ``steps`` is the most steps run (rounded up to whole ``eval_every`` rounds); early stopping
+    ends sooner after ``patience`` evaluations without a ``min_delta`` dB gain, never before
+    ``min_steps``. The learning rate is multiplied by ``plateau_lr_factor`` every two evaluations
+    without gain. ``distribute``: ``mirrored`` (every local GPU, or logical CPU device) or
+    ``multi-worker`` (the cluster in ``TF_CONFIG``).
+    """
+
+    steps: int = 1000
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    loss: str = "l2"
+    eval_every: int = 50
+    patience: int = 4
+    min_delta: float = 0.05
+    min_steps: int = 0
+    freeze_batchnorm: bool = True
+    plateau_lr_factor: float = 0.5
+    distribute: str = "none"
+
+    def __post_init__(self):
+        if self.steps < 0:
+            raise OptionError(f"--steps must be 0 or more, got {self.steps}")
+        if self.batch_size < 1:
+            raise OptionError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not (_finite(self.learning_rate) and self.learning_rate > 0):
+            raise OptionError(f"--learning-rate must be a positive number, got {self.learning_rate}")
+        if self.loss not in LOSSES:
+            raise OptionError(f"unknown fine-tuning loss '{self.loss}' (choose from {', '.join(LOSSES)})")
+        if self.eval_every < 1 or self.patience < 1:
+            raise OptionError("--eval-every and --patience must be at least 1")
+        if self.min_delta < 0 or self.min_steps < 0:
+            raise OptionError("min_delta and min_steps must not be negative")
+        if not (0.0 < self.plateau_lr_factor <= 1.0):
+            raise OptionError(f"plateau_lr_factor must be in (0, 1], got {self.plateau_lr_factor}")
+        if self.distribute not in DISTRIBUTE:
+            raise OptionError(f"unknown --distribute '{self.distribute}' (choose from {', '.join(DISTRIBUTE)})")
+
+    @property
+    def rounds(self) -> int:
+        return math.ceil(self.steps / self.eval_every)
+
+
+# Quantization-aware training, measured on the samples (Adam, ranges calibrated first): 1e-4 and
+# even 3e-5 lose held-out PSNR in the first hundred steps (each step moves every weight by about
+# the learning rate, a sizeable fraction of an int8 step); 1e-5 gains steadily. Its gains are
+# slow and the held-out PSNR noisy (dcgan_saturated: +0.35 dB by step 350, where patience 4
+# stopped, +0.73 dB by step 1,700): wait 10 evaluations.
+QAT_TRAINING = TrainingConfig(steps=1000, batch_size=32, learning_rate=1e-5, patience=10)
+PRUNE_TRAINING = TrainingConfig(steps=1000, batch_size=64, learning_rate=1e-3)
+DISTILL_TRAINING = TrainingConfig(steps=3000, batch_size=32, learning_rate=2e-3, eval_every=100, patience=5)
+
+
+@dataclass(frozen=True)
+class _QuantizeStep(RunConfig):
+    """The post-training quantize step: shared by quantize and by prune/distill ``then``.
+
+    ``min_psnr``: the fidelity target in dB against the float model (0 turns the guard off);
+    ``int8_io``: TFLite integer inputs and outputs; ``calibration_method``: ONNX static
+    calibration (the search tries the others when the target is missed).
+    """
+
+    min_psnr: float = 30.0
+    int8_io: bool = False
+    calibration_method: str = "minmax"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (_finite(self.min_psnr) and self.min_psnr >= 0):
+            raise OptionError(f"--min-psnr must be a number of dB >= 0 (0 turns the guard off), got {self.min_psnr}")
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise OptionError(
+                f"unknown calibration method '{self.calibration_method}' (choose from {', '.join(CALIBRATION_METHODS)})"
+            )
+
+
+def _check_then(then, allowed) -> None:
+    bad = [p for p in then if p not in allowed]
+    if bad:
+        raise OptionError(f"--then: unknown {', '.join(bad)} (choose from {', '.join(allowed)})")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig(_QuantizeStep):
+    """``quantize``: float32 references and each of ``modes`` per format; ``method="qat"`` also
+    fine-tunes a quantization-aware copy (``qat``: its training settings)."""
+
+    modes: tuple[str, ...] = ("int8",)
+    method: str = "ptq"
+    qat: TrainingConfig = QAT_TRAINING
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.modes:
+            raise OptionError("no precision given")
+        for p in self.modes:
+            if p not in PRECISIONS:
+                raise OptionError(f"unknown precision '{p}' (choose from {', '.join(PRECISIONS)})")
+        if self.method not in METHODS:
+            raise OptionError(f"unknown method '{self.method}' (choose from {', '.join(METHODS)})")
+        if self.int8_io and not {"int8", "int16x8"} & set(self.modes):
+            raise OptionError("--int8-io applies to int8 and int16x8 artifacts: add --mode int8 (or int16x8)")
+
+
+@dataclass(frozen=True)
+class ExportConfig(RunConfig):
+    """``export``: float32 .tflite and .onnx, measured against the Keras model."""
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig(RunConfig):
+    """``analyze``: per-unit int8 sensitivity, per format."""
+
+    calibration_method: str = "minmax"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise OptionError(
+                f"unknown calibration method '{self.calibration_method}' (choose from {', '.join(CALIBRATION_METHODS)})"
+            )
+
+
+@dataclass(frozen=True)
+class PruneConfig(_QuantizeStep):
+    """``prune``: magnitude pruning with data-free fine-tuning, then ``then`` quantization.
+
+    ``schedule``: ``constant`` prunes to ``sparsity`` at ``begin_step`` and re-picks the
+    smallest weights every ``frequency`` steps; ``polynomial`` raises sparsity from
+    ``initial_sparsity`` to ``sparsity`` between ``begin_step`` and ``end_step`` (default: half
+    the fine-tuning steps), then fine-tunes at the final mask. ``structure="2:4"``: at least 2
+    zeros in every 4 consecutive weights along the kernel's input-channel axis (sparsity 0.5
+    only). ``layers``: names to prune (default: every Dense/Conv/ConvTranspose kernel tfmot can
+    prune); ``skip_first`` / ``skip_last`` leave the first / last of them dense. ``then``:
+    precisions of ``MODES`` and ``qat`` (pruning-preserving quantization-aware training).
+    """
+
+    sparsity: float = 0.5
+    schedule: str = "polynomial"
+    begin_step: int = 0
+    end_step: int | None = None
+    frequency: int | None = None
+    initial_sparsity: float = 0.0
+    structure: str | None = None
+    layers: tuple[str, ...] | None = None
+    skip_first: bool = False
+    skip_last: bool = False
+    training: TrainingConfig = PRUNE_TRAINING
+    then: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (0.0 < self.sparsity < 1.0):
+            raise OptionError(f"--sparsity must be between 0 and 1 (exclusive), got {self.sparsity}")
+        if self.schedule not in SCHEDULES:
+            raise OptionError(f"unknown schedule '{self.schedule}' (choose from {', '.join(SCHEDULES)})")
+        if self.structure is not None:
+            if self.structure not in STRUCTURES:
+                raise OptionError(f"unknown structure '{self.structure}' (choose from {', '.join(STRUCTURES)})")
+            if not math.isclose(self.sparsity, 0.5):
+                raise OptionError(f"--structure 2:4 means 50% sparsity: use --sparsity 0.5, not {self.sparsity}")
+        if self.begin_step < 0:
+            raise OptionError(f"--begin-step must be 0 or more, got {self.begin_step}")
+        if self.end_step is not None and self.end_step <= self.begin_step:
+            raise OptionError(f"--end-step ({self.end_step}) must come after --begin-step ({self.begin_step})")
+        if self.frequency is not None and self.frequency < 1:
+            raise OptionError(f"pruning frequency must be at least 1, got {self.frequency}")
+        if not (0.0 <= self.initial_sparsity < self.sparsity):
+            raise OptionError(f"initial sparsity must be in [0, {self.sparsity}), got {self.initial_sparsity}")
+        if self.layers is not None and not self.layers:
+            raise OptionError("--layers needs at least one layer name")
+        if self.training.steps < 1:
+            raise OptionError("pruning happens during fine-tuning: --steps must be at least 1")
+        _check_then(self.then, MODES + ("qat",))
+
+    def effective_schedule(self) -> dict:
+        """The schedule actually run over the fine-tuning steps, in fine-tuning steps.
+
+        tfmot counts its pruning step from 1 and only updates masks on its frequency grid, so
+        ``begin`` is at least 1 and ``end`` is moved down onto the grid (else the final sparsity
+        would never be applied). ``target_at`` is the step from which the target sparsity holds.
+        """
+        steps = self.training.steps
+        begin = max(1, self.begin_step)
+        if steps < begin:
+            raise OptionError(f"--begin-step {self.begin_step} is past the last fine-tuning step ({steps}): raise --steps")
+        if self.structure is not None:
+            return {"kind": "2:4 (mask fixed at step 1)", "begin_step": 1, "end_step": 1, "frequency": 1, "target_at": 1}
+        if self.schedule == "constant":
+            frequency = self.frequency or max(1, min(100, steps // 20))
+            return {"kind": "constant", "begin_step": begin, "end_step": None, "frequency": frequency, "target_at": begin}
+        end = self.end_step if self.end_step is not None else begin + max(1, (steps - begin) // 2)
+        if end > steps:
+            raise OptionError(f"--end-step {end} is past the last fine-tuning step ({steps}): raise --steps or lower --end-step")
+        if end <= begin:
+            raise OptionError(f"the polynomial schedule needs --end-step after --begin-step ({begin}); raise --steps")
+        frequency = min(self.frequency or max(1, (end - begin) // 20), end - begin)
+        end = begin + frequency * ((end - begin) // frequency)
+        return {
+            "kind": "polynomial",
+            "initial_sparsity": self.initial_sparsity,
+            "begin_step": begin,
+            "end_step": end,
+            "frequency": frequency,
+            "target_at": end,
+        }
+
+
+@dataclass(frozen=True)
+class DistillConfig(_QuantizeStep):
+    """``distill``: a smaller student trained to reproduce the model (the teacher).
+
+    ``width``: hidden units/filters multiplier (``None`` when a student architecture is given);
+    ``depth``: fraction of the droppable blocks kept; ``feature_weight``: weight of the
+    intermediate feature-matching loss (0: off); ``checkpoint_dir``: save after every
+    evaluation and resume from it. ``min_psnr`` grades the student's artifacts against the
+    teacher; ``then``: precisions of ``MODES`` and ``qat``.
+    """
+
+    min_psnr: float = 25.0
+    width: float | None = 0.5
+    depth: float = 1.0
+    feature_weight: float = 0.0
+    training: TrainingConfig = DISTILL_TRAINING
+    then: tuple[str, ...] = ()
+    checkpoint_dir: str | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.width is not None and not (_finite(self.width) and 0.0 < self.width <= 1.0):
+            raise OptionError(f"--width must be in (0, 1], got {self.width}")
+        if not (0.0 <= self.depth <= 1.0):
+            raise OptionError(f"--depth must be in [0, 1] (the fraction of droppable blocks kept), got {self.depth}")
+        if not (_finite(self.feature_weight) and self.feature_weight >= 0.0):
+            raise OptionError(f"--feature-loss must be a weight >= 0, got {self.feature_weight}")
+        if self.training.steps < 1:
+            raise OptionError("distillation trains the student: --steps must be at least 1")
+        _check_then(self.then, MODES + ("qat",))
+
+
+def replace(config, **changes):
+    """A copy of ``config`` with ``changes`` (validated again)."""
+    return dataclasses.replace(config, **changes)
+
+
+__all__ = [
+    "RunConfig", "TrainingConfig", "QuantizeConfig", "ExportConfig", "AnalyzeConfig", "PruneConfig",
+    "DistillConfig", "QAT_TRAINING", "PRUNE_TRAINING", "DISTILL_TRAINING", "default_of",
+]

@@ -1,0 +1,124 @@
+"""``prune`` as a library call: the original's artifacts as the reference, the model pruned and
+fine-tuned, its artifacts built and measured against the original, the pruning section."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from gencompress.artifacts import derived_model_name
+from gencompress.calibration import Calibration
+from gencompress.compress.distribute import strategy_info
+from gencompress.compress.pruning import RUNTIME_NOTE, prune_model, pruned_kernels, select_layers, tflite_weight_sparsity
+from gencompress.config import PruneConfig
+from gencompress.errors import UnsupportedModelError
+from gencompress.pipelines.build import build_artifacts
+from gencompress.pipelines.grading import grade
+from gencompress.pipelines.result import Result
+from gencompress.pipelines.session import Session, make_report, prepare
+from gencompress.progress import Progress
+from gencompress.results import PruningSection
+
+PRUNE_HINT = "prune less or fine-tune longer"
+
+
+def prune(model, config: PruneConfig | None = None, calibration: Calibration | None = None, progress: Progress | None = None, strategy=None) -> Result:
+    """Prune + fine-tune ``model``, write and measure the original and pruned artifacts (float32
+    and each ``config.then`` precision, per format), keep ``<stem>-pruned.h5|.keras`` and report
+    the measured sparsity. Every artifact is measured against the *original* float model; the
+    pruned model's quantized artifacts are graded against ``config.min_psnr``."""
+    config = config or PruneConfig()
+    if model.keras_model is None:
+        raise UnsupportedModelError(
+            f"{model.path} is a plain SavedModel (no Keras layers): pruning needs a Keras model (.h5, .keras or a Keras SavedModel)"
+        )
+    from gencompress.tfenv import import_tf
+
+    import_tf()
+    select_layers(model.keras_model, config)  # option errors before any work
+    config.effective_schedule()
+    session = prepare(model, config, calibration, progress)
+    try:
+        return _prune(session, model, config, strategy)
+    except BaseException:
+        session.cache.close()
+        raise
+
+
+def _prune(session: Session, model, config: PruneConfig, strategy) -> Result:
+    from gencompress.artifacts import save_keras
+    from gencompress.compress.finetune import training_sources
+
+    precisions = [p for p in config.then if p != "qat"]
+    # The original first: the size and fidelity reference. Its int8 goes through the same search
+    # as the pruned model's, so that both are what `gencompress quantize` would write.
+    build_artifacts(session, precisions, PRUNE_HINT)
+    source, val = training_sources(model, session.calibration, config.training.batch_size, config.seed, session.config.eval_samples)
+    pruned, info = prune_model(
+        model.keras_model, config, source=source, held=val, output_range=session.output_range,
+        seed=config.seed, progress=session.progress.enabled, strategy=strategy,
+    )
+    name = derived_model_name(model, "pruned")
+    saved = save_keras(pruned, session.workdir / name)
+    session.files[name] = saved
+    pruned_loaded = dataclasses.replace(model, keras_model=pruned, path=str(saved), params=int(pruned.count_params()))
+    # The same session around the pruned model: its stem is <stem>-pruned, so its artifacts are
+    # <stem>-pruned.<precision>.<ext>.
+    derived = session.derived(pruned_loaded)
+    build_artifacts(derived, precisions, PRUNE_HINT)
+    for a in derived.artifacts:
+        a.variant = "pruned"
+    session.artifacts.extend(derived.artifacts)
+    session.failures.extend(f.model_copy(update={"variant": "pruned"}) for f in derived.failures)
+    qat = None
+    if "qat" in config.then:  # pruning-preserving QAT of the pruned model, against the original
+        from gencompress.config import QAT_TRAINING
+        from gencompress.pipelines.qat import qat_after_pruning
+
+        qat = qat_after_pruning(pruned_loaded, session, QAT_TRAINING, strategy=strategy)
+    grade(session.artifacts, config.min_psnr, lambda a: a.variant == "pruned-qat" or (a.variant == "pruned" and a.precision != "float32"))
+    report = make_report(session, "prune")
+    report.pruning = pruning_section(info, session.artifacts, saved, model, pruned_kernels(pruned, info.layers))
+    report.pruning.distribute = strategy_info(strategy)
+    report.qat = qat
+    return Result(report, session.files, session.cache, model=pruned)
+
+
+def pruning_section(info, artifacts, saved: Path, model, kernels: dict) -> PruningSection:
+    section = info.to_dict()
+    total_params = int(model.params)
+    originals = {(a.format, a.precision): a for a in artifacts if not a.variant}
+    rows, stored = [], []
+    for a in artifacts:
+        if a.variant != "pruned":
+            continue
+        base = originals.get((a.format, a.precision))
+        rows.append(
+            {
+                "format": a.format,
+                "precision": a.precision,
+                "original_gzip_bytes": base.gzip_bytes if base else None,
+                "pruned_gzip_bytes": a.gzip_bytes,
+                "gzip_ratio": round(a.gzip_bytes / base.gzip_bytes, 4) if base else None,
+                "size_ratio": round(a.size_bytes / base.size_bytes, 4) if base else None,
+                # what the fidelity search chose for each (e.g. "int8, per-tensor dense weights")
+                "original_variant": _chosen(base),
+                "pruned_variant": _chosen(a),
+            }
+        )
+        if a.format == "tflite":
+            stored.append({"artifact": a.name, "precision": a.precision, **tflite_weight_sparsity(a.path, kernels)})
+    return PruningSection(
+        **section,
+        pruned_model=str(saved),
+        model_params=total_params,
+        model_sparsity=round(info.pruned_zeros / total_params, 5) if total_params else None,
+        gzip=rows,
+        artifact_sparsity=stored,
+        runtime_note=RUNTIME_NOTE,
+    )
+
+
+def _chosen(artifact) -> str | None:
+    search = None if artifact is None else (artifact.fallback or artifact.smallest_int8_search)
+    return None if search is None else search.chosen

@@ -1,0 +1,104 @@
+"""``quantize``, ``export`` and ``analyze`` as library calls."""
+
+from __future__ import annotations
+
+from gencompress.calibration import Calibration
+from gencompress.config import AnalyzeConfig, ExportConfig, QuantizeConfig
+from gencompress.errors import UnsupportedModelError
+from gencompress.pipelines.build import build_artifacts, float_onnx, quantize_onnx_calibrated, tflite_calibrated
+from gencompress.pipelines.grading import grade
+from gencompress.pipelines.result import Result
+from gencompress.pipelines.session import Session, make_report, prepare
+from gencompress.progress import Progress
+from gencompress.results import Sensitivity
+
+
+def quantize(model, config: QuantizeConfig | None = None, calibration: Calibration | None = None, progress: Progress | None = None,
+             strategy=None) -> Result:
+    """Float32 references and each of ``config.modes`` per format; int8 through the fidelity
+    search aiming at ``config.min_psnr``. ``config.method == "qat"`` also fine-tunes a
+    quantization-aware copy against the float model (``<stem>-qat.int8.*``), graded instead of
+    the post-training artifacts, which are then the reference (fine-tuned under ``strategy``, a
+    ``tf.distribute`` strategy, when given)."""
+    config = config or QuantizeConfig()
+    if config.method == "qat":
+        _check_qat(model)
+    session = prepare(model, config, calibration, progress)
+    try:
+        build_artifacts(session, config.modes)
+        if config.method == "qat":
+            from gencompress.pipelines.qat import add_qat_artifacts, compare_ptq_qat
+
+            section = add_qat_artifacts(session, config.qat, strategy=strategy)
+            section = section.model_copy(update={"comparison": compare_ptq_qat(session.artifacts, "qat")})
+            # float32 and QAT artifacts graded; the post-training ones are the reference
+            grade(session.artifacts, config.min_psnr, lambda a: a.variant == "qat" or (a.precision == "float32" and not a.variant))
+            report = make_report(session, "quantize")
+            report.qat = section
+        else:
+            grade(session.artifacts, config.min_psnr)
+            report = make_report(session, "quantize")
+    except BaseException:
+        session.cache.close()
+        raise
+    return Result(report, session.files, session.cache)
+
+
+def _check_qat(model) -> None:
+    from gencompress.compress.qat import check_flat
+    from gencompress.tfenv import import_tf
+
+    if model.keras_model is None:
+        raise UnsupportedModelError(
+            f"{model.path} is a plain SavedModel (no Keras layers): quantization-aware training needs a Keras model "
+            "(.h5, .keras or a Keras SavedModel)"
+        )
+    import_tf()
+    check_flat(model.keras_model)  # before any work
+
+
+def export(model, config: ExportConfig | None = None, calibration: Calibration | None = None, progress: Progress | None = None) -> Result:
+    """Float32 ``.tflite`` and ``.onnx``, measured against the Keras model."""
+    session = prepare(model, config or ExportConfig(), calibration, progress)
+    try:
+        build_artifacts(session, ["float32"])
+        grade(session.artifacts, 0.0)
+        report = make_report(session, "export")
+    except BaseException:
+        session.cache.close()
+        raise
+    return Result(report, session.files, session.cache)
+
+
+def analyze(model, config: AnalyzeConfig | None = None, calibration: Calibration | None = None, progress: Progress | None = None) -> Result:
+    """Per-unit int8 sensitivity for each format (``report.sensitivity``); writes no artifact."""
+    config = config or AnalyzeConfig()
+    session = prepare(model, config, calibration, progress)
+    try:
+        report = make_report(session, "analyze")
+        report.sensitivity = {fmt: Sensitivity(**_sensitivity(session, fmt)) for fmt in config.formats}
+    finally:
+        session.cache.close()
+    return Result(report, {}, None)
+
+
+def _sensitivity(session: Session, fmt: str) -> dict:
+    from gencompress.compress.quantization import TFLITE_OPS_DENIED_BY_TYPE, keras_layer_names, onnx_units
+    from gencompress.compress.search import Measurer
+    from gencompress.compress.sensitivity import debugger_stats, sensitivity
+
+    measure = Measurer(
+        fmt, session.evaluation, session.reference, session.output_range,
+        make_runner=lambda path: session.runner(path, fmt), latency=session.latency,
+        float_p50=float("inf"), min_psnr=0.0, workdir=session.workdir, progress=session.progress,
+    )
+    if fmt == "tflite":
+        mixed = tflite_calibrated(session)
+        stats = debugger_stats(session.model, session.calibration, session.evaluation)
+        return sensitivity(mixed.units, mixed.build, TFLITE_OPS_DENIED_BY_TYPE, measure, stats)
+    units = onnx_units(float_onnx(session), keras_layer_names(session.model))
+    method = session.config.calibration_method
+    return sensitivity(units, lambda floats: quantize_onnx_calibrated(session, "int8", method, [u.name for u in floats]), frozenset(), measure)
+
+
+__all__ = ["quantize", "export", "analyze"]

@@ -1,0 +1,86 @@
+"""What a library call returns: the typed report and the files it made, written by ``save``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gencompress.results import ArtifactResult, Report
+
+
+class Artifacts(list):
+    """The run's artifacts. ``artifacts["tflite"]``: the main artifact of that format (the
+    quantized one when there is one, else float32); ``artifacts["onnx", "float32"]``: by format
+    and precision; an ``int`` indexes as in a list."""
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, slice)):
+            return super().__getitem__(key)
+        fmt, precision = (key, None) if isinstance(key, str) else key
+        mine = [a for a in self if a.format == fmt]
+        if precision is not None:
+            mine = [a for a in mine if a.precision == precision]
+        else:
+            mine = sorted(mine, key=lambda a: (a.precision == "float32", a.variant is None))
+        if not mine:
+            raise KeyError(key)
+        return mine[0]
+
+
+class Result:
+    """A run's outcome: ``report`` (typed; what ``report.json`` holds), ``artifacts``, the
+    derived Keras ``model`` (pruned model or student, else ``None``). The files stay in a scratch
+    folder until ``save`` writes them; the folder goes with this object."""
+
+    def __init__(self, report: Report, files: dict[str, Path], cache, model=None, subdir: str | None = None):
+        self.report = report
+        self.files = dict(files)
+        self.model = model
+        self._cache = cache  # keeps the scratch folder alive
+        self._subdir = subdir  # a non-chief multi-worker run writes into <out>/worker-<i>
+
+    @property
+    def artifacts(self) -> Artifacts:
+        return Artifacts(self.report.artifacts)
+
+    @property
+    def passed(self) -> bool:
+        """No graded artifact missed the fidelity target and no precision failed to build."""
+        return not self.report.failures and all(a.passed is not False for a in self.report.artifacts)
+
+    def save(self, output_dir: str | os.PathLike) -> Path:
+        """Write the artifacts, any derived model and picture, ``report.json`` and ``report.md``
+        into ``output_dir``, all together (see ``artifacts.save_files``). Returns the folder."""
+        from gencompress.artifacts import save_files
+        from gencompress.report.render import markdown
+
+        out = Path(output_dir) / self._subdir if self._subdir else Path(output_dir)
+        self._point_to(out)
+        report = self.report.model_dump(mode="json")
+        files = {
+            **self.files,
+            "report.json": self.report.to_json().encode(),
+            "report.md": markdown(report).encode(),
+        }
+        save_files(files, out)
+        return out
+
+    def _point_to(self, out: Path) -> None:
+        """Paths in the report name where the files will be."""
+        where = {str(path): str(out / name) for name, path in self.files.items()}
+        where.update({str(out / name): str(out / name) for name in self.files})
+        for a in self.report.artifacts:
+            a.path = where.get(a.path, a.path)
+        if self.report.pruning is not None:
+            self.report.pruning.pruned_model = where.get(self.report.pruning.pruned_model, self.report.pruning.pruned_model)
+        d = self.report.distillation
+        if d is not None:
+            d.student_model = where.get(d.student_model, d.student_model)
+            d.samples = where.get(d.samples, d.samples) if d.samples else None
+
+    def __repr__(self) -> str:
+        return f"<Result {self.report.command} {self.report.model.path}: {len(self.report.artifacts)} artifacts>"
+
+
+def artifact_result(report: Report, fmt: str, precision: str) -> ArtifactResult | None:
+    return next((a for a in report.artifacts if a.format == fmt and a.precision == precision), None)

@@ -1,0 +1,278 @@
+"""A run's shared state: the model, its calibration and held-out data, the float reference, the
+artifacts built so far, and the work done once per run (exports, calibrations).
+
+Every command flow is ``prepare`` → build artifacts (``add_artifact``) → grade → ``make_report``.
+Artifacts are written into the run's scratch folder (``Session.workdir``) and measured there;
+writing them to the user's folder is ``Result.save``'s job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gencompress.calibration import Calibration, CalibrationSet
+from gencompress.config import RunConfig
+from gencompress.progress import Progress
+from gencompress.results import ArtifactResult, CalibrationInfo, DataInfo, Failure, Fidelity, Latency, ModelInfo, Report
+
+_EXT = {"tflite": ".tflite", "onnx": ".onnx"}
+
+# Sample counts left to gencompress (``None``) follow the model's output size: about this many
+# output values go through calibration and evaluation, within these bounds. A 16×16 generator
+# gets 200 calibration and 64 held-out samples; a 96→384 super-resolution model 32 and 16 (its
+# 16 held-out images are 7 million output values; 200 calibration images took 5 minutes).
+AUTO_CALIBRATION = (8_000_000, 32, 200)
+AUTO_EVALUATION = (2_000_000, 16, 64)
+# ``fast``: a quarter of those (at least 8 each) and fewer latency runs.
+FAST_SHARE, FAST_MIN = 4, 8
+LATENCY_RUNS, FAST_LATENCY_RUNS = 50, 10
+# Seconds of latency measurement per artifact at most (warm-up included), and with ``fast``.
+LATENCY_SECONDS, FAST_LATENCY_SECONDS = 5.0, 2.0
+
+
+def auto_sample_counts(model, fast: bool = False) -> tuple[int, int]:
+    """Default (calibration, evaluation) sample counts for ``model`` (see ``AUTO_CALIBRATION``)."""
+    values = sum(int(np.prod(t.shape[1:])) for t in model.outputs)
+    counts = []
+    for budget, low, high in (AUTO_CALIBRATION, AUTO_EVALUATION):
+        n = min(high, max(low, -(-budget // values)))
+        counts.append(max(FAST_MIN, n // FAST_SHARE) if fast else n)
+    return counts[0], counts[1]
+
+
+class RunCache:
+    """Work done once per run and reused by every artifact and search attempt: float ONNX
+    exports, TFLite calibrations and ONNX calibration ranges, per model (the original, a pruned
+    model, a student), and the scratch folder. Holding each model keeps its ``id`` unique."""
+
+    def __init__(self):
+        self.onnx_exports: dict = {}
+        self.tflite_calibrations: dict = {}
+        self._dir = None
+
+    @property
+    def dir(self) -> Path:
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="gencompress-run-")
+        return Path(self._dir.name)
+
+    def close(self) -> None:
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+
+@dataclass
+class Session:
+    """A model with its data and float reference, ready to build and measure artifacts."""
+
+    model: object
+    config: RunConfig
+    calibration_spec: Calibration
+    calibration: CalibrationSet
+    evaluation: CalibrationSet
+    reference: list[np.ndarray]
+    output_range: tuple[float, float]
+    output_range_source: str
+    artifacts: list[ArtifactResult] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    float_sizes: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    files: dict = field(default_factory=dict)  # name → path in the workdir: what Result.save writes
+    progress: Progress = field(default_factory=Progress.silent, repr=False)
+    cache: RunCache = field(default_factory=RunCache, repr=False)
+
+    @property
+    def workdir(self) -> Path:
+        return self.cache.dir
+
+    def artifact_name(self, fmt: str, precision: str, tag: str = "") -> str:
+        """``<stem>[-tag].<precision>.<ext>``, e.g. ``dcgan-pruned.int8.tflite``."""
+        tag = f"-{tag}" if tag else ""
+        return f"{self.model.stem}{tag}.{precision}{_EXT[fmt]}"
+
+    def add_file(self, name: str, data: bytes) -> Path:
+        """A file of the run's output (artifact, saved model, picture), kept in the workdir."""
+        path = self.workdir / name
+        path.write_bytes(data)
+        self.files[name] = path
+        return path
+
+    def derived(self, model) -> "Session":
+        """The same run (held-out set, float reference, float sizes, caches) around a model
+        derived from this one (pruned, a student): its artifacts are measured against the
+        original float model and collected apart."""
+        return dataclasses.replace(self, model=model, artifacts=[], failures=[])
+
+    def latency(self, runner, sample) -> dict:
+        """The run's one latency protocol (see ``report.latency.measure_latency``)."""
+        from gencompress.report.latency import measure_latency
+
+        budget = FAST_LATENCY_SECONDS if self.config.fast else LATENCY_SECONDS
+        return measure_latency(runner, sample, runs=self.config.latency_runs, max_seconds=budget)
+
+    def runner(self, path, fmt: str):
+        from gencompress.converters.runners import make_runner
+
+        return make_runner(path, fmt, self.model.input_names, [t.name for t in self.model.outputs], self.config.threads)
+
+
+def prepare(model, config: RunConfig, calibration: Calibration | None = None, progress: Progress | None = None) -> Session:
+    """Decide the sample counts, build the calibration and held-out sets, and the float reference
+    outputs on the held-out set."""
+    from gencompress.report.metrics import measured_output_range
+
+    progress = progress or Progress.current()
+    calibration = calibration or Calibration.noise()
+    n_calib, n_eval = auto_sample_counts(model, config.fast)
+    used_calib = calibration.samples or n_calib
+    resolved = dataclasses.replace(
+        config,
+        eval_samples=config.eval_samples or n_eval,
+        latency_runs=config.latency_runs or (FAST_LATENCY_RUNS if config.fast else LATENCY_RUNS),
+    )
+    calib, held = calibration.sets(model.inputs, model.label_ranges, used_calib, resolved.eval_samples, config.seed)
+    label = f"reference outputs of the float model on {len(held)} held-out samples"
+    with progress.phase(label, total=len(held), unit="sample") as phase:
+        reference = model.predict(held.arrays, on_batch=phase.update)
+    known = model.known_output_range()
+    if known is not None:
+        output_range, source = known, model.output_activation
+    else:
+        output_range, source = measured_output_range(reference), "measured on the evaluation set"
+    session = Session(model, resolved, calibration.with_samples(used_calib), calib, held, reference, output_range, source, progress=progress)
+    session.notes = _count_notes(config, calibration, session, used_calib)
+    return session
+
+
+def _count_notes(given: RunConfig, calibration: Calibration, session: Session, asked_calib: int) -> list[str]:
+    """What the run decided about sample counts, said in the report and on the terminal."""
+    used = session.config
+    n_calib, n_eval = len(session.calibration), len(session.evaluation)
+    notes = []
+    if given.fast:
+        notes.append(
+            f"--fast: {n_calib} calibration samples, {n_eval} held-out samples, {used.latency_runs} latency runs: "
+            "a quick look; PSNR and latency are less precise than a full run"
+        )
+    elif calibration.kind == "noise":
+        full = (AUTO_CALIBRATION[2], AUTO_EVALUATION[2])
+        reduced = [
+            f"{used_n} {what} (not {full_n})"
+            for what, given_n, used_n, full_n in (
+                ("calibration samples", calibration.samples, n_calib, full[0]),
+                ("held-out samples", given.eval_samples, n_eval, full[1]),
+            )
+            if given_n is None and used_n < full_n
+        ]
+        if reduced:
+            values = sum(int(np.prod(t.shape[1:])) for t in session.model.outputs)
+            notes.append(
+                f"{' and '.join(reduced)}: each output holds {values:,} values "
+                "(set --calibration-samples / --eval-samples to choose)"
+            )
+    if n_calib < asked_calib or n_eval < used.eval_samples:
+        notes.append(
+            f"{calibration.source} holds {n_calib + n_eval} samples: {n_calib} calibrate and {n_eval} are held out "
+            f"(not {asked_calib} and {used.eval_samples}); fidelity figures on so few are rough"
+        )
+    return notes
+
+
+# --------------------------------------------------------------------------- artifacts
+
+
+def add_artifact(session: Session, fmt: str, precision: str, data: bytes, tag: str = "", notes=(), measured=None) -> ArtifactResult:
+    """Keep ``data`` as an artifact of the run, measure it and append it to the session.
+    ``measured``: ``(outputs, latency)`` on the held-out set when a search attempt already has them."""
+    name = session.artifact_name(fmt, precision, tag)
+    path = session.add_file(name, data)
+    result = evaluate_artifact(session, path, fmt, precision, measured)
+    result.variant = tag or None
+    result.notes = list(notes)
+    session.artifacts.append(result)
+    return result
+
+
+def evaluate_artifact(session: Session, path: Path, fmt: str, precision: str, measured=None) -> ArtifactResult:
+    """Size, gzip size, latency and fidelity of one artifact file against the float model."""
+    from gencompress.report.metrics import fidelity, sizes
+
+    runner = session.runner(path, fmt)
+    outputs, latency = measured if measured is not None else (None, None)
+    n = len(session.evaluation)
+    with session.progress.phase(f"{path.name}: evaluating on {n} held-out samples", total=n, unit="sample") as phase:
+        if outputs is None:
+            outputs = runner.run_all(session.evaluation, on_sample=phase.update)
+        quality = fidelity(session.reference, outputs, session.output_range)
+        phase.describe(f"PSNR {quality['psnr_db']} dB")
+    size = sizes(path)
+    if precision == "float32":  # the first float32 artifact of a format (the original) is the size reference
+        session.float_sizes.setdefault(fmt, size["size_bytes"])
+    float_size = session.float_sizes.get(fmt)
+    if latency is None:
+        with session.progress.phase(f"{path.name}: latency", unit="run") as phase:
+            latency = session.latency(runner, session.evaluation.sample(0))
+            phase.describe(f"p50 {latency['p50']:.3f} ms over {latency['runs']} runs")
+    return ArtifactResult(
+        path=str(path),
+        format=fmt,
+        precision=precision,
+        **size,
+        size_vs_float=None if not float_size else round(size["size_bytes"] / float_size, 4),
+        latency_ms=Latency(**latency),
+        fidelity=Fidelity(**quality),
+    )
+
+
+def artifact(session: Session, fmt: str, precision: str = "float32", variant: str | None = None) -> ArtifactResult | None:
+    return next((a for a in session.artifacts if a.format == fmt and a.precision == precision and a.variant == variant), None)
+
+
+def record_failure(session: Session, fmt: str, precision: str, error, variant: str | None = None) -> None:
+    session.failures.append(Failure(format=fmt, precision=precision, error=str(error), variant=variant))
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def make_report(session: Session, command: str, settings: dict | None = None) -> Report:
+    """The run as a typed report (``report.json``)."""
+    from gencompress.report.versions import versions
+
+    m = session.model
+    config = session.config
+    quantized = any(a.precision in ("int8", "int16x8", "mixed") for a in session.artifacts)
+    return Report(
+        versions=versions(),
+        command=command,
+        model=ModelInfo(
+            **m.to_dict(),
+            output_range=[float(x) for x in session.output_range],
+            output_range_source=session.output_range_source,
+        ),
+        evaluation=DataInfo(**session.evaluation.describe(), seed=config.seed),
+        calibration=CalibrationInfo(**session.calibration.describe(), seed=config.seed, method=getattr(config, "calibration_method", None))
+        if quantized else None,
+        settings=settings if settings is not None else run_settings(session),
+        artifacts=session.artifacts,
+        failures=session.failures,
+        notes=session.notes,
+    )
+
+
+def run_settings(session: Session) -> dict:
+    """The config as the report records it, with the calibration source and counts decided."""
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(session.config).items()}
+    spec = session.calibration_spec
+    settings.update(
+        calibration=spec.source,
+        calibration_samples=len(session.calibration),
+        input_range=list(spec.input_range),
+    )
+    return settings

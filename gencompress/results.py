@@ -1,0 +1,294 @@
+"""Typed results: what a run measured, as the library returns it and ``report.json`` holds it.
+
+pydantic models, because one definition gives the typed objects, their validation, the JSON they
+are written as and the JSON Schema shipped for ``report.json`` (``report/schema.json``, checked
+against these models by the tests). Field names are the report's keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = "1.0"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- artifacts
+
+
+class Fidelity(_Model):
+    """An artifact's outputs against the float model's on the held-out set.
+
+    ``psnr_db`` over the output range (capped at 200 dB for identical outputs; ``None`` when
+    the artifact produced NaN/Inf); ``ssim``: mean SSIM for image outputs (``None`` otherwise,
+    or not measured)."""
+
+    psnr_db: Optional[float]
+    mse: Optional[float]
+    max_abs_error: float
+    ssim: Optional[float] = None
+
+
+class Latency(_Model):
+    """Batch-1 latency in milliseconds after warm-up: median, 90th percentile, timed runs."""
+
+    p50: float
+    p90: float
+    runs: int
+
+
+class SearchAttempt(_Model):
+    """One artifact the fidelity search built and measured."""
+
+    label: str
+    precision: str
+    size_bytes: int
+    psnr_db: Optional[float]
+    latency_p50_ms: float
+    passed: bool
+    slower_than_float: bool
+    float_layers: list[str] = Field(default_factory=list)
+
+
+class HarmfulUnit(_Model):
+    """A unit (op or node) ranked by the PSNR with only it in int8 (and, in analyze, all but it)."""
+
+    label: str
+    only_quantized_psnr_db: Optional[float]
+    all_but_psnr_db: Optional[float] = None
+
+
+class SearchRecord(_Model):
+    """How the fidelity search chose an artifact: every attempt and the ranking of units."""
+
+    target_psnr_db: Optional[float]
+    chosen: str
+    float_layers: list[str] = Field(default_factory=list)
+    size_cost_bytes: int
+    latency_cost_ms: float
+    attempts: list[SearchAttempt]
+    most_harmful_units: list[HarmfulUnit] = Field(default_factory=list)
+
+
+class ArtifactResult(_Model):
+    """One written artifact: its file, size, latency and fidelity against the float model.
+
+    ``precision``: float32, float16, dynamic, int8, int16x8, mixed (some units float) or
+    int8-weights (int8 storage, float compute). ``passed``: against the fidelity target
+    (``None`` when not graded). ``variant``: ``pruned``, ``student``, ``qat`` … for artifacts
+    of a derived model. ``fallback``: the search that chose it; ``smallest_int8_search``: the
+    search that picked the smallest int8 when no quantization could reach the target."""
+
+    path: str
+    format: str
+    precision: str
+    size_bytes: int
+    gzip_bytes: int
+    size_vs_float: Optional[float]
+    latency_ms: Latency
+    fidelity: Fidelity
+    passed: Optional[bool] = None
+    variant: Optional[str] = None
+    notes: list[str] = Field(default_factory=list)
+    fallback: Optional[SearchRecord] = None
+    smallest_int8_search: Optional[SearchRecord] = None
+
+    @property
+    def name(self) -> str:
+        return self.path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+class Failure(_Model):
+    """A precision a converter could not build (the others are still written)."""
+
+    format: str
+    precision: str
+    error: str
+    variant: Optional[str] = None
+
+
+# --------------------------------------------------------------------------- the model and the data
+
+
+class TensorSpec(_Model):
+    name: str
+    shape: list[Optional[int]]
+    dtype: str
+
+
+class ModelInfo(_Model):
+    path: str
+    format: str
+    params: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    output_activation: Optional[str]
+    output_range: list[float]
+    output_range_source: str
+
+
+class DataInfo(_Model):
+    """Where the held-out evaluation samples came from, and how many."""
+
+    source: str
+    samples: int
+    seed: int
+
+
+class CalibrationInfo(DataInfo):
+    """Where the calibration samples came from, how many, and the ONNX calibration method."""
+
+    method: Optional[str] = None
+
+
+# --------------------------------------------------------------------------- report sections
+
+
+class SensitivityUnit(_Model):
+    label: str
+    name: str
+    op: str
+    layers: list[str]
+    only_quantized_psnr_db: Optional[float]
+    all_but_psnr_db: Optional[float]
+    rmse_over_scale: Optional[float] = None
+
+
+class Sensitivity(_Model):
+    """``analyze``, per format: full-int8 PSNR and units ranked most sensitive first."""
+
+    int8_psnr_db: Optional[float]
+    units: list[SensitivityUnit]
+    notes: list[str] = Field(default_factory=list)
+
+
+class FinetuneSummary(_Model):
+    """What a fine-tuning loop did: one history entry per held-out evaluation (step 0: start)."""
+
+    steps_run: int
+    stopped_early: bool
+    seconds: float
+    initial_psnr_db: Optional[float]
+    best_psnr_db: Optional[float]
+    best_step: Optional[int]
+    history: list[dict[str, Any]]
+    config: Optional[dict[str, Any]] = None  # the training settings (pruning records them)
+
+
+class PruningSection(_Model):
+    """``prune``: requested and measured sparsity, per layer, gzip sizes, zeros in the files."""
+
+    requested_sparsity: float
+    schedule: dict[str, Any]
+    structure: Optional[str]
+    measured_sparsity: float
+    pruned_weights: int
+    zero_weights: int
+    layers: list[dict[str, Any]]
+    left_dense: list[dict[str, Any]]
+    finetune: FinetuneSummary
+    pruned_model: str
+    model_params: int
+    model_sparsity: Optional[float]
+    gzip: list[dict[str, Any]]
+    artifact_sparsity: list[dict[str, Any]]
+    runtime_note: str
+    distribute: Optional[dict[str, Any]] = None  # the tf.distribute strategy fine-tuning ran under
+
+
+class QatExport(_Model):
+    """One QAT artifact against the QAT Keras model it was converted from."""
+
+    format: str
+    artifact: str
+    psnr_db: Optional[float]
+    agreement_psnr_db: Optional[float]
+    agrees: bool
+    notes: list[str] = Field(default_factory=list)
+    float_ops: Optional[list[str]] = None
+    qdq_pairs: Optional[int] = None
+    int8_weights: Optional[int] = None
+
+
+class QatSection(_Model):
+    """Quantization-aware training: BatchNorm folding, what was quantized, the fine-tuning, the
+    exports and post-training beside QAT."""
+
+    scheme: str
+    variant: str
+    batchnorm: list[dict[str, Any]]
+    fold_max_abs_error: Optional[float]
+    quantized_layers: list[str]
+    left_float: list[dict[str, Any]]
+    range_calibration: dict[str, Any]
+    finetune: dict[str, Any]
+    qat_keras_psnr_db: Optional[float]
+    agreement_target_db: float
+    exports: list[QatExport]
+    comparison: Optional[list[dict[str, Any]]] = None
+    sparsity: Optional[list[dict[str, Any]]] = None
+    distribute: Optional[dict[str, Any]] = None  # the tf.distribute strategy fine-tuning ran under  # prune --then qat: zeros of each pruned kernel kept in int8
+
+
+class DistillationSection(_Model):
+    """``distill``: teacher and student side by side, how the student was made and trained."""
+
+    student_model: str
+    student_source: str
+    teacher_params: int
+    student_params: int
+    params_ratio: Optional[float]
+    width: Optional[float]
+    depth: float
+    resized_layers: list[dict[str, Any]]
+    dropped_blocks: list[list[str]]
+    droppable_blocks: Optional[int]
+    loss: str
+    feature_loss: Optional[dict[str, Any]]
+    finetune: FinetuneSummary
+    final_psnr_db: Optional[float]
+    batch_size: int
+    learning_rate: float
+    distribute: Optional[dict[str, Any]]
+    checkpoint: Optional[dict[str, Any]]
+    side_by_side: list[dict[str, Any]]
+    samples: Optional[str]
+    qat: Optional[QatSection] = None
+
+
+# --------------------------------------------------------------------------- the report
+
+
+class Report(_Model):
+    """Everything one run measured: ``report.json``."""
+
+    schema_version: str = SCHEMA_VERSION
+    versions: dict[str, Optional[str]] = Field(default_factory=dict)
+    command: str
+    model: ModelInfo
+    evaluation: DataInfo
+    calibration: Optional[CalibrationInfo] = None
+    settings: dict[str, Any]
+    artifacts: list[ArtifactResult] = Field(default_factory=list)
+    failures: list[Failure] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    sensitivity: Optional[dict[str, Sensitivity]] = None
+    pruning: Optional[PruningSection] = None
+    qat: Optional[QatSection] = None
+    distillation: Optional[DistillationSection] = None
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2, exclude_none=False) + "\n"
+
+
+def json_schema() -> dict:
+    """The JSON Schema of ``report.json``."""
+    schema = Report.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "gencompress report"
+    return schema

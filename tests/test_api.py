@@ -1,6 +1,7 @@
 """The Python API: the README's example runs, results are typed, nothing is written until save,
 and the CLI gives the same artifact bytes as the API."""
 
+import hashlib
 import json
 import re
 
@@ -87,3 +88,20 @@ def test_config_defaults_are_the_clis():
     assert option(prune_command, "schedule").default == C.PruneConfig().schedule
     assert option(distill_command, "min_psnr").default == C.DistillConfig().min_psnr == 25.0
     assert option(distill_command, "loss").default == C.DistillConfig().training.loss
+
+
+def _digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.suffix in (".tflite", ".onnx")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sample", ["dcgan_digits.h5", "dcgan_saturated.h5", "cvae_decoder.h5", "cvae_decoder.keras", "sr_photos.h5", "sr_photos_savedmodel"])
+def test_cli_and_api_give_the_same_bytes(sample, tmp_path):
+    args = ["--calibration-samples", "64", "--eval-samples", "16", "--latency-runs", "3"]
+    result = CliRunner().invoke(cli, ["quantize", str(SAMPLES / sample), "-o", str(tmp_path / "cli"), *args])
+    assert result.exit_code == 0, result.output
+    model = gc.load_model(SAMPLES / sample)
+    api = gc.quantize(model, gc.QuantizeConfig(eval_samples=16, latency_runs=3), gc.Calibration.noise(64))
+    api.save(tmp_path / "api")
+    cli_digests, api_digests = _digests(tmp_path / "cli"), _digests(tmp_path / "api")
+    assert len(cli_digests) == 4 and cli_digests == api_digests

@@ -30,6 +30,11 @@ def export_onnx_float(model) -> bytes:
 
 
 def _tf2onnx_convert(tf, tf2onnx, model, spec):
+    from gencompress.compat.tf2onnx import reset_name_counter
+
+    # tf2onnx's optimizers visit nodes in an order their generated names set: start every export
+    # from the same counter, or a second export in one process can be optimized differently.
+    reset_name_counter()
     if model.keras_model is not None:
         proto, _ = tf2onnx.convert.from_keras(model.keras_model, input_signature=spec, opset=OPSET)
         return proto
@@ -46,14 +51,18 @@ def _tf2onnx_convert(tf, tf2onnx, model, spec):
 
 
 _GENERATED = re.compile(r"^(.*__)(\d+)(:\d+)?$")
+# TensorFlow's own uniquifier as a last path component ("embedding_lookup/3017:0"): it counts
+# the ops made in the process, so a second export in one process gets another number.
+_UNIQUIFIED = re.compile(r"^(.*/)(\d+)(:\d+)?$")
 
 
 def canonical_names(proto):
     """Make the same model give the same file: deterministic names and order.
 
     tf2onnx draws the N of its ``name__N`` names from a process-wide counter that TensorFlow's
-    per-trace graph names also bump, and the order of its initializers can change from process
-    to process (a QAT export gave two different files). The generated names are renumbered in the
+    per-trace graph names also bump (as are TensorFlow's ``.../N`` uniquifiers), and the order
+    of its initializers can change from process to process (a QAT export gave two different
+    files). The generated names are renumbered in the
     order the nodes use them (node order is stable), merged constants are named after their
     first use, and initializers are ordered by first use.
     """
@@ -61,7 +70,7 @@ def canonical_names(proto):
     mapping: dict[str, str] = {}
 
     def rename(name: str) -> str:
-        m = _GENERATED.match(name)
+        m = _GENERATED.match(name) or _UNIQUIFIED.match(name)
         if not m:
             return name
         key = m.group(1) + m.group(2)  # "x__7" and its tensor "x__7:0" share one number
@@ -80,6 +89,8 @@ def canonical_names(proto):
                 dim.dim_param = rename(dim.dim_param)
     for init in graph.initializer:
         init.name = rename(init.name)
+    # "converted from b'__inference_serve_1050'": the traced function's number counts traces
+    graph.doc_string = re.sub(r"_\d+(?=\W*$)", "", graph.doc_string)
     _name_shared_constants(graph)
     _order_initializers(graph)
     return proto

@@ -107,8 +107,11 @@ def export_qat_onnx(qat_model, inputs) -> bytes:
 
     from gencompress.converters.onnx import OPSET, canonical_names
 
+    from gencompress.compat.tf2onnx import reset_name_counter
+
     spec = [tf.TensorSpec(t.shape, tf.as_dtype(t.dtype), name=t.name) for t in inputs]
     try:
+        reset_name_counter()  # as every export: the same optimization whatever ran before
         with native_output_captured():
             proto, _ = tf2onnx.convert.from_keras(qat_model, input_signature=spec, opset=OPSET)
     except Exception as exc:  # tf2onnx raises plain Exceptions

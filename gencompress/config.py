@@ -23,6 +23,7 @@ LOSSES = ("l2", "l1")
 SCHEDULES = ("constant", "polynomial")
 STRUCTURES = ("2:4",)
 DISTRIBUTE = ("none", "mirrored", "multi-worker")
+PREFER = ("speed", "size")
 
 
 def default_of(cls, name: str):
@@ -128,15 +129,20 @@ class _QuantizeStep(RunConfig):
 
     ``min_psnr``: the fidelity target in dB against the float model (0 turns the guard off);
     ``int8_io``: TFLite integer inputs and outputs; ``calibration_method``: ONNX static
-    calibration (the search tries the others when the target is missed).
+    calibration (the search tries the others when the target is missed); ``prefer``: among the
+    artifacts that meet the target, ``speed`` takes those that compute fastest (full int8, then
+    mixed precision, then float compute), ``size`` the smallest.
     """
 
     min_psnr: float = 30.0
     int8_io: bool = False
     calibration_method: str = "minmax"
+    prefer: str = "speed"
 
     def __post_init__(self):
         super().__post_init__()
+        if self.prefer not in PREFER:
+            raise OptionError(f"unknown --prefer '{self.prefer}' (choose from {', '.join(PREFER)})")
         if not (_finite(self.min_psnr) and self.min_psnr >= 0):
             raise OptionError(f"--min-psnr must be a number of dB >= 0 (0 turns the guard off), got {self.min_psnr}")
         if self.calibration_method not in CALIBRATION_METHODS:

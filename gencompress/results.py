@@ -53,6 +53,7 @@ class SearchAttempt(_Model):
     passed: bool
     slower_than_float: bool
     float_layers: list[str] = Field(default_factory=list)
+    compute: str = "int8"  # int8, mixed, float (float compute) or slow (reference kernels)
 
 
 class HarmfulUnit(_Model):
@@ -68,6 +69,8 @@ class SearchRecord(_Model):
 
     target_psnr_db: Optional[float]
     chosen: str
+    rule: str = ""  # which selection rule picked it (speed or size)
+    compute: str = "int8"  # how the pick computes: int8, mixed, float or slow
     float_layers: list[str] = Field(default_factory=list)
     size_cost_bytes: int
     latency_cost_ms: float

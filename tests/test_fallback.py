@@ -191,19 +191,60 @@ def _measurer(session, fmt):
 def test_selection_rules():
     from gencompress.compress.search import Attempt, choose
 
-    def a(label, size, psnr, passed):
-        return Attempt(label, "int8", b"", size_bytes=size, psnr_db=psnr, passed=passed)
+    def a(label, size, psnr, passed, compute="int8"):
+        return Attempt(label, "int8", b"", size_bytes=size, psnr_db=psnr, passed=passed, compute=compute)
 
     small = a("int8", 1000, 36.0, True)
     near_better = a("int8, saturation-aware", 1005, 40.0, True)
-    bigger = a("weight-only", 1300, 50.0, True)
-    failing = a("mixed", 900, 20.0, False)
-    # smallest passing; within 1 % of it the best PSNR wins (no timing involved: deterministic)
-    assert choose([small, near_better, bigger, failing]) is near_better
-    assert choose([small, bigger]) is small
+    bigger = a("mixed", 1300, 50.0, True, "mixed")
+    failing = a("int8, other", 900, 20.0, False)
+    weights = a("weight-only int8", 800, 45.0, True, "float")
+    # within a class: smallest passing; within 1 % of it the best PSNR wins (deterministic)
+    assert choose([small, near_better, bigger, failing])[0] is near_better
+    # speed first: a full-int8 pick beats a smaller float-compute one; size takes the smallest
+    chosen, rule = choose([bigger, weights])
+    assert chosen is bigger and rule.startswith("speed") and "(mixed)" in rule
+    assert choose([bigger, weights], prefer="size")[0] is weights
+    assert choose([small, bigger, weights])[0] is small
     # nothing passes: the best PSNR is kept (and graded as failing)
     better = a("x", 100, 25.0, False)
-    assert choose([failing, better]) is better
+    assert choose([failing, better])[0] is better
+
+
+def test_mixed_search_restores_the_unit_that_matters_given_the_others():
+    """A unit that is harmless alone but the bottleneck once the rest is int8 (a VAE decoder's
+    first Dense on a 2-value latent): ranking by isolated harm put it last and ten attempts never
+    tried it; the conditional gain ("all but this one", re-ranked as units are restored) finds it
+    first. The search's own logic, on a synthetic PSNR of the float set."""
+    from gencompress.compress.quantization import Unit
+    from gencompress.compress.search import Attempt, Candidates, search
+
+    units = [Unit(f"u{i}", "CONV_2D", (f"conv{i}",)) for i in range(10)] + [Unit("first", "FULLY_CONNECTED", ("dense",))]
+
+    def psnr(floats):
+        names = {u.name for u in floats}
+        if "first" not in names:  # the first layer in int8 caps everything at 27 dB
+            return 27.0 - 0.3 * sum(n in names for n in ("u0", "u1"))
+        return 31.0 + 0.1 * len(names)
+
+    class Measure:
+        min_psnr, calls = 30.0, []
+
+        def __call__(self, label, precision, data, float_units=(), screen=False):
+            floats = [u for u in units if u.name in data.decode().split(",")]
+            self.calls.append(label)
+            value = 45.0 if label.startswith("only") and "first" in label else psnr(floats)
+            return Attempt(label, precision, data, list(float_units), len(data) + 1000, value, 0.1, passed=value >= 30.0)
+
+    def variant(floats):
+        return ",".join(u.name for u in floats).encode() or b"-"
+
+    candidates = Candidates("tflite", units, lambda settled: iter([("int8", variant)]), lambda: b"w", [])
+    measure = Measure()
+    chosen, attempts, ranking, rule = search(candidates, measure)
+    assert chosen.passed and [u.name for u in chosen.float_units] == ["first"]
+    assert ranking[0]["unit"].name == "first" and rule.startswith("speed")
+    assert not any(c.startswith("only") for c in measure.calls)  # the gain ranked: no isolated pass needed
 
 
 def test_xnnpack_delegation_is_read_from_the_graph(i2i_keras, tmp_path):

@@ -1,21 +1,26 @@
-"""The fidelity search: the smallest quantized artifact that meets a PSNR target.
+"""The fidelity search: the best quantized artifact that meets a PSNR target.
 
 Search order:
-1. int8 variants of the same size: saturation-aware ranges (sigmoid/tanh inputs clamped where
-   the activation saturates), per-tensor dense weights (TFLite: per-channel scales and int64
-   zero points cost 12 bytes per output channel), other calibration methods (ONNX);
-2. mixed precision: keep the most harmful units in float, one more at a time, ranked by the PSNR
-   the model reaches when only that unit is quantized (measured on a few held-out samples);
-3. weight-only int8 (int8 storage, float compute: often smaller than a mixed model), and if
-   still nothing passes, int16 activations and float16;
-4. speed (TFLite): int8 ops that XNNPACK does not take run LiteRT's reference kernels (int8
-   PReLU: the super-resolution sample's int8 model was slower than float because of it); they
-   are kept in float when that still passes and costs at most 25 % in size. Read from the
-   delegated graph, not from timings, so the pick is deterministic.
+1. full-int8 variants of the same size: saturation-aware ranges (sigmoid/tanh inputs clamped
+   where the activation saturates), per-tensor dense weights, other calibration methods (ONNX),
+   and the precision-restoring transforms of the float model the caller offers (cross-layer
+   equalization, bias correction, clipping ranges chosen for the output error);
+2. mixed precision: units (ops or nodes) kept in float one at a time, greedily by conditional
+   gain: first the PSNR with all *but* each unit in int8 (every unit, the first layer and the
+   model inputs' consumers included), then after each unit is restored the gain of the most
+   promising remaining ones given what is already float. When no single unit helps (several
+   tensors each destroy the output) the units go by their isolated harm ("only this unit
+   int8"). A budget of screened variants bounds it on large models;
+3. weight-only int8 (int8 storage, float compute), and if still nothing passes, int16
+   activations and float16;
+4. speed (TFLite): int8 ops the runtime's fast path does not take run reference kernels (int8
+   PReLU); they are kept in float when that still passes and costs at most 25 % in size.
 
-Every attempt is built and measured (size, PSNR, latency) for real. What can be built comes from
-the caller as ``Candidates`` (the quantize pipeline wires the converters and caches); how an
-attempt is measured, from a ``Measurer``. Timings only ever inform, never choose.
+The pick (``choose``): with ``prefer="speed"`` (the default) the passing attempts of the fastest
+compute class win (full int8, then mixed, then float compute, then slow kernels), the smallest
+of them; ``prefer="size"`` takes the smallest passing attempt whatever it computes in. Classes
+are read from the graphs, never from timings, so the same call picks the same artifact.
+Every attempt is built and measured (size, PSNR, latency) for real.
 """
 
 from __future__ import annotations
@@ -37,6 +42,14 @@ SPEED_SIZE_BUDGET = 1.25
 SCREEN_SAMPLES, FAST_SCREEN_SAMPLES = 4, 2
 # Mixed-precision steps before the search moves on to weight-only int8 and wider types.
 MAX_MIXED_STEPS = 8
+# Screened variants the mixed-precision search may spend after its first ranking, and how many
+# of the best-ranked remaining units it re-measures after each restored one.
+RERANK_CANDIDATES = 4
+# A unit whose "all but this one" variant gains less than this over the base is no help alone.
+MIN_GAIN_DB = 0.3
+# Compute classes, fastest first (see ``compute_class``).
+SPEED_CLASSES = ("int8", "mixed", "float", "slow")
+PREFER = ("speed", "size")
 
 
 @dataclass
@@ -53,6 +66,7 @@ class Attempt:
     slower_than_float: bool = False
     variant: object = field(default=None, repr=False)
     outputs: list = field(default=None, repr=False)  # on the whole held-out set
+    compute: str = "int8"  # its class in SPEED_CLASSES
 
     def summary(self) -> dict:
         return {
@@ -64,6 +78,7 @@ class Attempt:
             "passed": self.passed,
             "slower_than_float": self.slower_than_float,
             "float_layers": [u.label for u in self.float_units],
+            "compute": self.compute,
         }
 
 
@@ -85,7 +100,7 @@ class Candidates:
     wider: list[tuple[str, str, Callable[[], bytes]]]
     float_units: Callable[[bytes], list[Unit]] | None = None
     denied_by_type: frozenset = frozenset()
-    undelegated_ops: Callable[[bytes], set[str]] | None = None
+    slow_ops: Callable[[bytes], set[str]] | None = None
 
 
 class Measurer:
@@ -137,25 +152,42 @@ class Measurer:
         )
 
 
-def choose(attempts: list[Attempt]) -> Attempt:
-    """The smallest passing attempt (the best PSNR among those within 1 % of it), else the best PSNR."""
+def compute_class(precision: str, float_units, slow_ops: set) -> str:
+    """How an attempt computes, from its graph: ``int8`` (every unit int8 on the fast path),
+    ``mixed`` (some units float, all on the fast path), ``float`` (float compute: weight-only
+    int8, float16) or ``slow`` (ops on reference kernels: int16 activations, an int8 op the
+    fast path does not take)."""
+    if precision == "int16x8" or slow_ops:
+        return "slow"
+    if precision in ("int8-weights", "float16"):
+        return "float"
+    return "mixed" if float_units else "int8"
+
+
+def choose(attempts: list[Attempt], prefer: str = "speed") -> tuple[Attempt, str]:
+    """The pick and the rule that picked it (see the module docstring)."""
     passing = [a for a in attempts if a.passed]
-    if passing:
-        smallest = min(a.size_bytes for a in passing)
-        near = [a for a in passing if a.size_bytes <= smallest * 1.01]
-        return max(near, key=lambda a: (a.psnr_db, -a.size_bytes))
-    return max(attempts, key=lambda a: -1.0 if a.psnr_db is None else a.psnr_db)
+    if not passing:
+        return max(attempts, key=lambda a: -1.0 if a.psnr_db is None else a.psnr_db), "nothing met the target: the best PSNR"
+    rule = "size: the smallest passing artifact"
+    if prefer == "speed":
+        fastest = min(SPEED_CLASSES.index(a.compute) for a in passing)
+        passing = [a for a in passing if SPEED_CLASSES.index(a.compute) == fastest]
+        rule = f"speed: the smallest passing artifact of the fastest compute class ({SPEED_CLASSES[fastest]})"
+    smallest = min(a.size_bytes for a in passing)
+    near = [a for a in passing if a.size_bytes <= smallest * 1.01]
+    return max(near, key=lambda a: (a.psnr_db, -a.size_bytes)), rule
 
 
 class _Search:
     """One run of the search over ``candidates``: the attempts so far and how to add one."""
 
-    def __init__(self, candidates: Candidates, measure: Measurer, log):
-        self.c, self.measure, self.log = candidates, measure, log
+    def __init__(self, candidates: Candidates, measure: Measurer, log, prefer: str = "speed"):
+        self.c, self.measure, self.log, self.prefer = candidates, measure, log, prefer
         self.attempts: list[Attempt] = []
 
     def settled(self) -> bool:
-        # Later stages add size: once something passes, the smallest pass is among these.
+        # Later stages add size, or give up speed: once something passes, the pick is among these.
         return any(a.passed for a in self.attempts)
 
     def attempt(self, label, precision, build, float_units=(), variant=None) -> Attempt | None:
@@ -168,6 +200,8 @@ class _Search:
         a.variant = variant
         if self.c.float_units is not None and precision == "mixed":
             a.float_units = self.c.float_units(a.data)  # what really stayed float
+        slow = self.c.slow_ops(a.data) if self.c.slow_ops is not None and precision in ("int8", "mixed") else set()
+        a.compute = compute_class(precision, a.float_units, slow)
         # Outputs are kept for what can still be picked (passing ones, the best failing one), so
         # the pick is not run again; on 400×600 images each attempt's are tens of megabytes.
         best = max((b for b in self.attempts if not b.passed and b.outputs is not None), key=lambda b: b.psnr_db or -1.0, default=None)
@@ -183,63 +217,97 @@ class _Search:
         return self.attempt(label, "mixed" if floats else "int8", lambda: variant(floats), floats, variant)
 
     def mixed(self) -> list[dict]:
-        """Step 2: rank units, then keep the most harmful float, one more at a time."""
+        """Step 2: keep units float one at a time, greedily by their gain given what is float."""
         c = self.c
         base = max((a for a in self.attempts if a.variant), key=lambda a: a.psnr_db or 0.0)
-        ranking = rank_units(c.units, c.denied_by_type, lambda floats: (lambda: base.variant(floats)), self.measure, all_but=False, screen=True)
+        build = lambda floats: (lambda: base.variant(floats))  # noqa: E731
+        base_psnr = self._screen("base", build([]))
+        rows = rank_units(c.units, c.denied_by_type, build, self.measure, all_but=True, only=False, screen=True)
+        gain = {r["unit"]: _or(r["all_but_psnr_db"], -1e9) - _or(base_psnr, 0.0) for r in rows}
+        if max(gain.values(), default=0.0) < MIN_GAIN_DB:  # several tensors each fatal: isolated harm
+            only = rank_units(c.units, c.denied_by_type, build, self.measure, all_but=False, screen=True)
+            for r in only:
+                next(x for x in rows if x["unit"] is r["unit"])["only_quantized_psnr_db"] = r["only_quantized_psnr_db"]
+            gain = {r["unit"]: -_or(r["only_quantized_psnr_db"], 1e9) for r in only}
         floats: list[Unit] = []
-        for row in ranking[: min(MAX_MIXED_STEPS, max(1, len(c.units) - 1))]:
-            floats.append(row["unit"])
+        remaining = [u for u in c.units]
+        for _ in range(min(MAX_MIXED_STEPS, max(1, len(c.units) - 1))):
+            remaining = [u for u in remaining if u not in floats]
+            if not remaining:
+                break
+            unit = max(remaining, key=lambda u: (gain[u], -remaining.index(u)))
+            floats.append(unit)
             a = self.try_variant(f"{base.label}; float " + ", ".join(u.label for u in floats), base.variant, floats)
-            if a is not None:
-                floats = list(a.float_units) if c.float_units is not None else floats
-                if a.passed:
-                    break
-        return ranking
+            if a is None:
+                continue
+            floats = list(a.float_units) if c.float_units is not None else floats
+            if a.passed:
+                break
+            self._rerank(gain, [u for u in remaining if u not in floats], floats, build, a.psnr_db)
+        rows.sort(key=lambda r: -gain.get(r["unit"], -1e9))
+        return rows
+
+    def _rerank(self, gain: dict, remaining: list, floats: list, build, current_psnr) -> None:
+        """Re-measure the most promising remaining units given what is already float."""
+        for u in sorted(remaining, key=lambda u: -gain[u])[:RERANK_CANDIDATES]:
+            psnr = self._screen(f"float {u.label} too", build(floats + [u]))
+            gain[u] = _or(psnr, -1e9) - _or(current_psnr, 0.0)
+
+    def _screen(self, label, build):
+        try:
+            return self.measure(label, "mixed", build(), screen=True).psnr_db
+        except ConversionError:
+            return None
 
     def faster(self, chosen: Attempt) -> Attempt:
         """Step 4: keep float the op types the runtime's fast path does not take, when that passes."""
         c = self.c
-        if c.undelegated_ops is None or not chosen.passed or chosen.variant is None:
+        if c.slow_ops is None or not chosen.passed or chosen.variant is None:
             return chosen
-        slow = c.undelegated_ops(chosen.data) & {u.op for u in c.units}
+        slow = c.slow_ops(chosen.data) & {u.op for u in c.units}
         if not slow:
             return chosen
         floats = list(dict.fromkeys(chosen.float_units + [u for u in c.units if u.op in slow]))
         label = f"{chosen.label}; {', '.join(sorted(slow))} in float (no XNNPACK int8 kernel)"
         a = self.try_variant(label, chosen.variant, floats)
         if a is not None and a.passed and a.size_bytes <= chosen.size_bytes * SPEED_SIZE_BUDGET:
-            if not (c.undelegated_ops(a.data) & slow):
+            if not (c.slow_ops(a.data) & slow):
                 return a
         return chosen
 
 
-def search(candidates: Candidates, measure: Measurer, log=lambda msg: None):
-    """Find the smallest artifact meeting ``measure.min_psnr``. Returns (chosen, attempts, ranking)."""
-    s = _Search(candidates, measure, log)
+def search(candidates: Candidates, measure: Measurer, log=lambda msg: None, prefer: str = "speed"):
+    """The best artifact meeting ``measure.min_psnr`` (see the module docstring).
+    Returns ``(chosen, attempts, ranking, rule)``."""
+    s = _Search(candidates, measure, log, prefer)
     for label, variant in candidates.same_size(s.settled):  # 1. same-size int8 variants
         s.try_variant(label, variant)
     ranking: list[dict] = []
     if not s.settled() and candidates.units and any(a.variant for a in s.attempts):
         ranking = s.mixed()  # 2.
-    if ranking:  # 3. weight-only int8 (can be smaller than any mixed variant), then wider types
+    passed_fast = any(a.passed and a.compute in ("int8", "mixed") for a in s.attempts)
+    if ranking and (prefer == "size" or not passed_fast):  # 3. weight-only int8, then wider types
         s.attempt("weight-only int8", "int8-weights", candidates.weight_only)
     if not s.settled():
         for label, precision, build in candidates.wider:
             s.attempt(label, precision, build)
     if not s.attempts:
         raise ConversionError(f"no {candidates.fmt} quantization could be built")
-    return s.faster(choose(s.attempts)), s.attempts, ranking
+    chosen, rule = choose(s.attempts, prefer)
+    faster = s.faster(chosen)
+    if faster is not chosen:
+        chosen, rule = faster, rule + "; then its slow op types kept float"
+    return chosen, s.attempts, ranking, rule
 
 
-def rank_units(units, denied_by_type, build_mixed, measure, all_but: bool = True, screen: bool = False) -> list[dict]:
-    """Units most harmful first: lowest PSNR when *only* that unit is int8, then (``all_but``)
-    highest PSNR when all *but* it are int8. ``screen`` measures on a few held-out samples.
+def rank_units(units, denied_by_type, build_mixed, measure, all_but: bool = True, screen: bool = False, only: bool = True) -> list[dict]:
+    """Units most harmful first: lowest PSNR when *only* that unit is int8, then highest PSNR
+    when all *but* it are int8 (each measured when asked: ``only``, ``all_but``). ``screen``
+    measures on a few held-out samples.
 
     When several tensors each destroy the output on their own, every "all but one" variant is
-    equally broken and ranks nothing; "only this one" still tells them apart. The fidelity search
-    ranks by "only this one" alone (one variant per unit); ``analyze`` measures both. A unit of
-    a type kept float only all together has no "only this one" when it has siblings.
+    equally broken and ranks nothing; "only this one" still tells them apart. A unit of a type
+    kept float only all together has no "only this one" when it has siblings.
     """
     rows = []
     for u in units:
@@ -248,7 +316,7 @@ def rank_units(units, denied_by_type, build_mixed, measure, all_but: bool = True
         rows.append(
             {
                 "unit": u,
-                "only_quantized_psnr_db": None if clash else _psnr(measure, f"only {u.label} int8", u, build_mixed(others), screen),
+                "only_quantized_psnr_db": None if clash or not only else _psnr(measure, f"only {u.label} int8", u, build_mixed(others), screen),
                 "all_but_psnr_db": _psnr(measure, f"all but {u.label} int8", u, build_mixed([u]), screen) if all_but else None,
             }
         )

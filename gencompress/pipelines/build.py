@@ -152,21 +152,24 @@ def _searched(session: Session, fmt: str, target: float):
         float_p50=float_p50, min_psnr=target, workdir=session.workdir, progress=session.progress,
         screen_samples=FAST_SCREEN_SAMPLES if session.config.fast else SCREEN_SAMPLES,
     )
-    chosen, attempts, ranking = search(candidates, measure, session.progress.log)
+    chosen, attempts, ranking, rule = search(candidates, measure, session.progress.log, prefer=session.config.prefer)
     notes = []
     if chosen.label != "int8":
         notes.append(f"chosen by the fidelity search: {chosen.label}")
     if chosen.slower_than_float:
-        notes.append(
-            f"slower than float ({chosen.p50_ms:.3f} vs {float_p50:.3f} ms p50): it is the smallest "
-            f"artifact that met {target:g} dB"
-        )
+        why = {
+            "float": "it computes in float (no faster variant met the target)",
+            "slow": "it runs ops on reference kernels (no faster variant met the target)",
+        }.get(chosen.compute, "measured; its graph runs every op on the fast path")
+        notes.append(f"slower than float ({chosen.p50_ms:.3f} vs {float_p50:.3f} ms p50): {why}")
     measured = (chosen.outputs, chosen.latency) if chosen.outputs is not None else None
     result = add_artifact(session, fmt, chosen.precision, chosen.data, notes=notes, measured=measured)
     plain = next(a for a in attempts if a.label == "int8") if attempts[0].label == "int8" else attempts[0]
     result.fallback = SearchRecord(
         target_psnr_db=target,
         chosen=chosen.label,
+        rule=rule,
+        compute=chosen.compute,
         float_layers=[u.label for u in chosen.float_units],
         size_cost_bytes=chosen.size_bytes - plain.size_bytes,
         latency_cost_ms=round(chosen.p50_ms - plain.p50_ms, 4),
@@ -208,7 +211,7 @@ def tflite_candidates(session: Session) -> Candidates:
         ],
         float_units=lambda data: tflite_float_ops(data, layer_names),
         denied_by_type=frozenset(TFLITE_OPS_DENIED_BY_TYPE),
-        undelegated_ops=tflite_undelegated_ops,
+        slow_ops=tflite_undelegated_ops,
     )
 
 

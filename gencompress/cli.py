@@ -167,7 +167,7 @@ Q = C.QuantizeConfig
 @click.option("--calibration-method", default=default_of(Q, "calibration_method"), show_default=True, type=click.Choice(C.CALIBRATION_METHODS), help="ONNX static calibration method.")
 @click.option("--min-psnr", default=default_of(Q, "min_psnr"), show_default=True, type=float, help="Fidelity target in dB: int8 artifacts that miss it fall back to better calibration, mixed precision, then wider types. 0 turns the guard off.")
 @click.option("--prefer", default=default_of(Q, "prefer"), show_default=True, type=click.Choice(C.PREFER), help="Among artifacts that meet --min-psnr: speed takes those that compute fastest (full int8, then mixed precision, then float compute); size the smallest.")
-@click.option("--method", default=default_of(Q, "method"), show_default=True, type=click.Choice(C.METHODS), help="ptq: post-training only; qat: also quantization-aware training (fine-tuned against the float model), written as <stem>-qat.int8.* beside the post-training artifacts.")
+@click.option("--method", default=default_of(Q, "method"), show_default=True, type=click.Choice(C.METHODS), help="ptq: post-training only; qat: also quantization-aware training (fine-tuned against the float model), written as <stem>-qat.int8.* beside the post-training artifacts; auto: QAT only when no post-training artifact meets --min-psnr in int8 or mixed compute, and the passing one of the two shipped.")
 @training_options(C.QAT_TRAINING, "--method qat: ")
 def quantize(model, output_dir, trust_code, custom_objects, modes, int8_io, calibration_method, min_psnr, prefer, method,
              steps, batch_size, learning_rate, data, distribute, cpu_devices, **run_kwargs):
@@ -177,12 +177,13 @@ def quantize(model, output_dir, trust_code, custom_objects, modes, int8_io, cali
     Examples:
       gencompress quantize sample_models/dcgan_digits.h5 --mode int8,float16
       gencompress quantize model.h5 --method qat --steps 1000
+      gencompress quantize model.h5 --method auto
       gencompress quantize model.keras --method qat --data latents.npy
     """
     if method == "ptq":
         given = [n for n, v in (("--steps", steps), ("--batch-size", batch_size), ("--learning-rate", learning_rate), ("--data", data), ("--distribute", distribute)) if v is not None]
         if given:
-            raise OptionError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to --method qat")
+            raise OptionError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to --method qat or auto")
     strategy = _strategy(distribute, cpu_devices)  # before TensorFlow's runtime starts
     run_kwargs, calibration = _split(run_kwargs, data)
     qat = _training(C.QAT_TRAINING, steps, batch_size, learning_rate, distribute)

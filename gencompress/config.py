@@ -18,7 +18,7 @@ FORMATS = ("tflite", "onnx")
 PRECISIONS = ("float32", "float16", "dynamic", "int8", "int16x8")
 MODES = ("float16", "dynamic", "int8", "int16x8")  # what quantize writes beside the float32 reference
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-METHODS = ("ptq", "qat")
+METHODS = ("ptq", "qat", "auto")
 LOSSES = ("l2", "l1")
 SCHEDULES = ("constant", "polynomial")
 STRUCTURES = ("2:4",)
@@ -160,7 +160,8 @@ def _check_then(then, allowed) -> None:
 @dataclass(frozen=True)
 class QuantizeConfig(_QuantizeStep):
     """``quantize``: float32 references and each of ``modes`` per format; ``method="qat"`` also
-    fine-tunes a quantization-aware copy (``qat``: its training settings)."""
+    fine-tunes a quantization-aware copy (``qat``: its training settings); ``method="auto"``
+    does so only when no post-training int8 artifact meets the target at full speed."""
 
     modes: tuple[str, ...] = ("int8",)
     method: str = "ptq"

@@ -351,6 +351,14 @@ def iter_layers(keras_model):
             yield layer
 
 
+def iter_models(keras_model):
+    """The model and every model nested in it."""
+    yield keras_model
+    for layer in keras_model.layers:
+        if hasattr(layer, "layers") and layer.__class__.__name__ in MODEL_CLASSES:
+            yield from iter_models(layer)
+
+
 def _shape_str(shape) -> str:
     if shape is None:
         return "?"

@@ -34,9 +34,12 @@ def test_guard_rescues_a_collapsing_model(collapsing_h5, tmp_path):
         assert plain["label"] == "int8" and plain["psnr_db"] < 15.0, plain  # the collapse is real
         assert a["passed"] is True and a["fidelity"]["psnr_db"] >= 30.0
         assert a["precision"] in ("mixed", "int8-weights") and fb["chosen"] != "int8"
-        # the pick is the smallest of the passing attempts
+        # the pick is the smallest passing attempt of the fastest class that passes
+        classes = ["int8", "mixed", "float", "slow"]
         passing = [t for t in fb["attempts"] if t["passed"]]
-        assert a["size_bytes"] == min(t["size_bytes"] for t in passing)
+        fastest = min(classes.index(t["compute"]) for t in passing)
+        assert fb["compute"] == classes[fastest]
+        assert a["size_bytes"] == min(t["size_bytes"] for t in passing if t["compute"] == fb["compute"])
         assert {"label", "only_quantized_psnr_db", "all_but_psnr_db"} <= set(fb["most_harmful_units"][0])
         if a["precision"] == "mixed":
             assert fb["float_layers"], "a mixed artifact names the layers kept in float"

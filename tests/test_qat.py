@@ -443,3 +443,24 @@ def test_qat_targets_on_the_samples(tmp_path, sample, steps):
     assert tflite["qat_size_bytes"] <= 1.1 * tflite["ptq_size_bytes"], tflite
     for e in report["qat"]["exports"]:
         assert e["agreement_psnr_db"] >= 40.0, e
+
+
+def test_method_auto_runs_qat_only_when_post_training_misses_at_full_speed(dcgan_h5, tmp_path):
+    """auto: no QAT when int8 passes; when nothing passes in int8 or mixed compute, QAT runs and
+    per format the passing one of the two is shipped (graded), the other kept as the reference."""
+    args = ["quantize", str(dcgan_h5), "--method", "auto", "--steps", "10", "--format", "tflite", *FAST]
+    easy = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "easy"), "--min-psnr", "20"])
+    assert easy.exit_code == 0, easy.output
+    report = json.loads((tmp_path / "easy" / "report.json").read_text())
+    assert report["qat"] is None and "no QAT" in easy.output
+    assert [a.get("variant") for a in report["artifacts"]] == [None, None]
+
+    hard = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "hard"), "--min-psnr", "70"])
+    report = json.loads((tmp_path / "hard" / "report.json").read_text())
+    assert "auto: quantization-aware training: no post-training tflite artifact meets 70 dB" in hard.output
+    ptq, qat = report["artifacts"][1], report["artifacts"][2]
+    assert qat["variant"] == "qat" and report["qat"]["comparison"]
+    assert qat["fidelity"]["psnr_db"] < 70  # 10 steps do not reach 70 dB: post-training stays the deliverable
+    assert qat["passed"] is None and any("--method auto: reference" in n for n in qat["notes"])
+    assert ptq["passed"] is (ptq["fidelity"]["psnr_db"] >= 70) and any("--method auto: shipped" in n for n in ptq["notes"])
+    assert hard.exit_code == (0 if ptq["passed"] else 3), hard.output

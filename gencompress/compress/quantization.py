@@ -23,7 +23,16 @@ from gencompress.errors import ConversionError
 from gencompress.tfenv import import_tf, native_output_captured
 
 # TFLite ops that move or reshape data: keeping one float changes nothing worth a search step.
-_TFLITE_PASSIVE = {"QUANTIZE", "DEQUANTIZE", "SHAPE", "STRIDED_SLICE", "PACK", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "GATHER", "CONCATENATION"}
+_TFLITE_PASSIVE = {
+    "QUANTIZE", "DEQUANTIZE", "SHAPE", "STRIDED_SLICE", "SLICE", "PACK", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "GATHER",
+    "CONCATENATION", "PAD", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH", "TRANSPOSE",
+}
+_ONNX_PASSIVE = {"Reshape", "Pad", "DepthToSpace", "SpaceToDepth", "Transpose", "Slice", "Squeeze", "Unsqueeze", "Identity", "Flatten"}
+# Elementwise activations: a tensor they write stays float only when they compute in float too.
+_ACTIVATIONS = {
+    "LEAKY_RELU", "RELU", "RELU6", "RELU_N1_TO_1", "PRELU", "ELU", "HARD_SWISH", "GELU", "LOGISTIC", "TANH",
+    "LeakyRelu", "Relu", "PRelu", "Elu", "HardSwish", "Gelu", "Sigmoid", "Tanh", "Clip",
+}
 # ONNX node types onnxruntime quantizes and that compute (shape ops just pass ranges through).
 _ONNX_COMPUTE = {
     "Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "LeakyRelu", "Relu", "Sigmoid", "Clip",
@@ -71,6 +80,91 @@ def _output_layers(model) -> tuple[str, ...]:
 
 # Where a sigmoid/tanh input's calibrated range is clamped, by op (see ``compress.saturation``).
 SATURATION_BOUNDS = {op: SATURATION[activation].clamp for op, activation in SATURATION_OPS.items()}
+# Ops that only move values (their output's values are their data inputs' values, plus zeros for
+# padding): a bound on the output holds for the input. Value: which inputs carry data.
+_PASS_THROUGH = {
+    # TFLite builtins
+    "DEPTH_TO_SPACE": "first", "SPACE_TO_DEPTH": "first", "STRIDED_SLICE": "first", "SLICE": "first",
+    "RESHAPE": "first", "SQUEEZE": "first", "EXPAND_DIMS": "first", "TRANSPOSE": "first", "PAD": "first",
+    "CONCATENATION": "all",
+    # ONNX node types
+    "DepthToSpace": "first", "SpaceToDepth": "first", "Slice": "first", "Reshape": "first", "Squeeze": "first",
+    "Unsqueeze": "first", "Transpose": "first", "Pad": "first", "Identity": "first", "Concat": "all",
+}
+
+
+def input_activations(ops, keys) -> dict:
+    """``{key: [keys]}``: for each op, the activation op that alone writes its data input, and the
+    data movement between them (a pad, a reshape: each feeding nothing else).
+
+    Keeping an op float does not keep its input float: the activation before it still writes
+    int8 (a LeakyReLU's 8-bit output into a generator's last convolution costs 20 dB on one
+    real VAE-GAN), and so does an int8 pad between them, or an int8 depth-to-space before the
+    activation (the previous layer's output is rounded there). The search restores such a chain
+    together with the op it feeds. ``ops``: ``(type, inputs, outputs)`` per op; ``keys[i]``:
+    op i's key (``None``: cannot be kept float by itself).
+    """
+    producer = {t: i for i, (_, _, outputs) in enumerate(ops) for t in outputs}
+    uses: dict = {}
+    for _, inputs, _ in ops:
+        for t in inputs:
+            uses[t] = uses.get(t, 0) + 1
+    passive = _TFLITE_PASSIVE | _ONNX_PASSIVE
+
+    def walk(t, chain):
+        """Back from tensor ``t`` through single-use data movement (added to ``chain``); the
+        index of the first other op, or ``None``."""
+        j = producer.get(t)
+        while j is not None and ops[j][0] in passive and uses.get(t) == 1 and ops[j][1] and keys[j] is not None:
+            chain.append(keys[j])
+            t = ops[j][1][0]
+            j = producer.get(t)
+        return j if uses.get(t) == 1 else None
+
+    found = {}
+    for i, (op, inputs, _) in enumerate(ops):
+        if keys[i] is None or op in passive or not inputs:
+            continue
+        chain, t = [], inputs[0]  # the data input (weights and shapes come after it)
+        j = walk(t, chain)
+        if j is not None and ops[j][0] in _ACTIVATIONS and uses.get(ops[j][2][0]) == 1 and keys[j] is not None:
+            chain.append(keys[j])
+            walk(ops[j][1][0] if ops[j][1] else None, chain)  # the shuffle or crop before it, too
+            found[keys[i]] = chain
+    return found
+
+
+def saturation_bounds(ops, graph_outputs) -> dict:
+    """``{tensor: bound}`` for each tensor whose every use ends in a saturating activation.
+
+    ``ops`` is the graph's ``(op type, inputs, outputs)`` in topological order. A tensor is
+    bounded when each consumer is a sigmoid/tanh, or a pass-through op (depth-to-space, the crop
+    of a sub-pixel transposed convolution, a reshape) on a bounded output: walking backwards,
+    the clamp reaches the logits behind the data movement.
+    """
+    consumers: dict = {}
+    for i, (_, inputs, _) in enumerate(ops):
+        for t in inputs:
+            consumers.setdefault(t, []).append(i)
+    bounds: dict = {}
+
+    def use_bound(i, t):
+        op, inputs, outputs = ops[i]
+        if op in SATURATION_BOUNDS and inputs and inputs[0] == t:
+            return SATURATION_BOUNDS[op]
+        mode = _PASS_THROUGH.get(op)
+        if mode is None or (mode == "first" and inputs[0] != t) or len(outputs) != 1:
+            return None
+        return bounds.get(outputs[0])
+
+    for _, inputs, _ in reversed(ops):
+        for t in inputs:
+            if t in bounds or t in graph_outputs:
+                continue
+            uses = [use_bound(i, t) for i in consumers[t]]
+            if uses and None not in uses:
+                bounds[t] = min(uses)
+    return bounds
 
 
 # ---------------------------------------------------------------- TFLite
@@ -90,6 +184,7 @@ class TFLiteMixed:
         self.calibrated = calibrate(model, calibration, progress)
         self.units = tflite_units(self.calibrated, keras_layer_names(model), _output_layers(model))
         self.clamped = saturation_clamped(self.calibrated)
+        self.companions = tflite_companions(self.calibrated, self.units)
 
     def build(
         self, float_units=(), dense_per_tensor: bool = False, saturation_aware: bool = False, int8_io: bool = False
@@ -123,7 +218,8 @@ class TFLiteMixed:
 
 
 def saturation_clamped(calibrated: bytes) -> bytes | None:
-    """The calibrated model with the recorded range of each sigmoid/tanh input clamped to
+    """The calibrated model with the recorded range of each sigmoid/tanh input (and of the
+    tensors that only reach one through data movement, see ``saturation_bounds``) clamped to
     ``SATURATION_BOUNDS``, or ``None`` when no such tensor would change.
 
     A generator trained to saturation drives its logits far past the knee (hundreds of units):
@@ -135,24 +231,35 @@ def saturation_clamped(calibrated: bytes) -> bytes | None:
     names = {i: builtin_op_name(model, code) for i, code in enumerate(model.operatorCodes)}
     changed = False
     for graph in model.subgraphs:
-        consumers: dict[int, list[str]] = {}
-        for op in graph.operators:
-            for t in op.inputs:
-                consumers.setdefault(t, []).append(names[op.opcodeIndex])
-        outputs = set(graph.outputs)
-        for t, ops in consumers.items():
-            bounds = {SATURATION_BOUNDS.get(o) for o in ops}
-            if t < 0 or t in outputs or None in bounds:
-                continue
-            q = graph.tensors[t].quantization
+        ops = [(names[op.opcodeIndex], [int(t) for t in op.inputs], [int(t) for t in op.outputs]) for op in graph.operators]
+        for t, bound in saturation_bounds(ops, set(graph.outputs)).items():
+            q = graph.tensors[t].quantization if t >= 0 else None
             if q is None or q.min is None or q.max is None or len(q.min) != 1:
                 continue
-            bound = min(bounds)
             lo, hi = max(float(q.min[0]), -bound), min(float(q.max[0]), bound)
             if (lo, hi) != (float(q.min[0]), float(q.max[0])) and lo < hi:
                 q.min, q.max = [lo], [hi]
                 changed = True
     return write_flatbuffer(model) if changed else None
+
+
+def tflite_companions(tflite_bytes: bytes, units: list[Unit]) -> dict:
+    """``{unit: [units]}``: the activations to keep float with each unit (``input_activations``)."""
+    model = read_flatbuffer(tflite_bytes)
+    if len(model.subgraphs) != 1:
+        return {}
+    graph = model.subgraphs[0]
+    names = {i: builtin_op_name(model, code) for i, code in enumerate(model.operatorCodes)}
+    by_name = {u.name: u for u in units}
+    ops, keys = [], []
+    for op in graph.operators:
+        outputs = [int(t) for t in op.outputs]
+        kind = names[op.opcodeIndex]
+        ops.append((kind, [int(t) for t in op.inputs], outputs))
+        name = graph.tensors[outputs[0]].name.decode() if outputs else None
+        # data movement is no unit of the search, but is denied by its tensor's name all the same
+        keys.append(by_name.get(name) or (Unit(name, kind, ()) if kind in _TFLITE_PASSIVE and name else None))
+    return input_activations(ops, keys)
 
 
 def _ops(tflite_bytes: bytes):
@@ -257,18 +364,33 @@ def onnx_saturation_overrides(float_onnx: bytes) -> dict:
     import onnx
 
     graph = onnx.load_from_string(float_onnx).graph
-    consumers: dict[str, list[str]] = {}
-    for n in graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n.op_type)
-    outputs = {o.name for o in graph.output}
-    overrides = {}
-    for name, ops in consumers.items():
-        bounds = {SATURATION_BOUNDS.get(o) for o in ops}
-        if name not in outputs and None not in bounds:
-            b = min(bounds)
-            overrides[name] = [{"rmin": np.float32(-b), "rmax": np.float32(b)}]
-    return overrides
+    ops = [(n.op_type, list(n.input), list(n.output)) for n in graph.node]
+    constants = {i.name for i in graph.initializer}
+    bounds = saturation_bounds(ops, {o.name for o in graph.output})
+    return {
+        name: [{"rmin": np.float32(-b), "rmax": np.float32(b)}] for name, b in bounds.items() if name not in constants
+    }
+
+
+def onnx_companions(float_onnx: bytes, units: list[Unit]) -> dict:
+    """``{unit: [units]}``: the activations to keep float with each unit (``input_activations``)."""
+    import onnx
+
+    graph = onnx.load_from_string(float_onnx).graph
+    by_name = {u.name: u for u in units}
+    ops = [(n.op_type, list(n.input), list(n.output)) for n in graph.node]
+    keys = [by_name.get(n.name) or (Unit(n.name, n.op_type, ()) if n.op_type in _ONNX_PASSIVE else None) for n in graph.node]
+    return input_activations(ops, keys)
+
+
+def _node_layers(node, layer_names) -> tuple[str, ...]:
+    """The layers in a node's name; tf2onnx names some nodes by op type ("Conv__7"): then those
+    in its outputs' names, then in its weights' ("model/image/Conv2D/ReadVariableOp:0")."""
+    for names in ([node.name], list(node.output), list(node.input[1:])):
+        found = tuple(dict.fromkeys(layer for name in names for layer in layers_in_name(name, layer_names)))
+        if found:
+            return found
+    return ()
 
 
 def onnx_units(float_onnx: bytes, layer_names: list[str]) -> list[Unit]:
@@ -276,7 +398,7 @@ def onnx_units(float_onnx: bytes, layer_names: list[str]) -> list[Unit]:
 
     graph = onnx.load_from_string(float_onnx).graph
     return [
-        Unit(n.name, n.op_type, layers_in_name(n.name, layer_names))
+        Unit(n.name, n.op_type, _node_layers(n, layer_names))
         for n in graph.node
         if n.op_type in _ONNX_COMPUTE
     ]

@@ -4,13 +4,15 @@ Search order:
 1. full-int8 variants of the same size: saturation-aware ranges (sigmoid/tanh inputs clamped
    where the activation saturates), per-tensor dense weights, other calibration methods (ONNX),
    and the precision-restoring transforms of the float model the caller offers (cross-layer
-   equalization, bias correction, clipping ranges chosen for the output error);
+   equalization, bias correction, clipping ranges chosen for the output error; the sub-pixel
+   form of strided transposed convolutions, whose int8 runs fast kernels);
 2. mixed precision: units (ops or nodes) kept in float one at a time, greedily by conditional
    gain: first the PSNR with all *but* each unit in int8 (every unit, the first layer and the
    model inputs' consumers included), then after each unit is restored the gain of the most
    promising remaining ones given what is already float. When no single unit helps (several
    tensors each destroy the output) the units go by their isolated harm ("only this unit
-   int8"). A budget of screened variants bounds it on large models;
+   int8"). A budget of screened variants bounds it on large models. When int8 passes only on
+   a slow kernel (step 4's case), step 4 runs before step 3;
 3. weight-only int8 (int8 storage, float compute), and if still nothing passes, int16
    activations and float16;
 4. speed (TFLite): int8 ops the runtime's fast path does not take run reference kernels (int8
@@ -47,6 +49,9 @@ MAX_MIXED_STEPS = 8
 RERANK_CANDIDATES = 4
 # A unit whose "all but this one" variant gains less than this over the base is no help alone.
 MIN_GAIN_DB = 0.3
+# How much PSNR a mixed-precision base on a transformed model (sub-pixel transposed convolutions)
+# may give up against the best same-size attempt and still be preferred (see ``mixed_base``).
+TRANSFORMED_BASE_MARGIN_DB = 3.0
 # Compute classes, fastest first (see ``compute_class``).
 SPEED_CLASSES = ("int8", "mixed", "float", "slow")
 PREFER = ("speed", "size")
@@ -82,6 +87,21 @@ class Attempt:
         }
 
 
+@dataclass(frozen=True)
+class Variant:
+    """Builds one way of quantizing with chosen units kept float (``variant(float_units)``).
+    ``units`` / ``denied_by_type``: its own, when it quantizes a transformed copy of the model
+    (the candidates' otherwise)."""
+
+    build: Callable
+    units: list | None = None
+    denied_by_type: frozenset | None = None
+    companions: dict | None = None
+
+    def __call__(self, floats):
+        return self.build(floats)
+
+
 @dataclass
 class Candidates:
     """What the search can build for one format.
@@ -101,6 +121,7 @@ class Candidates:
     float_units: Callable[[bytes], list[Unit]] | None = None
     denied_by_type: frozenset = frozenset()
     slow_ops: Callable[[bytes], set[str]] | None = None
+    companions: dict = field(default_factory=dict)
 
 
 class Measurer:
@@ -187,7 +208,10 @@ class _Search:
         self.attempts: list[Attempt] = []
 
     def settled(self) -> bool:
-        # Later stages add size, or give up speed: once something passes, the pick is among these.
+        """Nothing later can win: later stages add size, or give up speed. With ``prefer="speed"``
+        only a passing full-int8 attempt settles it (a passing slower one may still be beaten)."""
+        if self.prefer == "speed":
+            return any(a.passed and a.compute == "int8" for a in self.attempts)
         return any(a.passed for a in self.attempts)
 
     def attempt(self, label, precision, build, float_units=(), variant=None) -> Attempt | None:
@@ -210,42 +234,74 @@ class _Search:
         self.attempts.append(a)
         return a
 
-    def try_variant(self, label, variant, floats=()) -> Attempt | None:
+    def units_of(self, variant):
+        """A variant's units, op types denied only all together, and companions (its own when it
+        quantizes a transformed model, the candidates' otherwise)."""
+        own = isinstance(variant, Variant) and variant.units is not None
+        if not own:
+            return self.c.units, self.c.denied_by_type, self.c.companions
+        return variant.units, variant.denied_by_type or frozenset(), variant.companions or {}
+
+    def expand(self, floats, variant) -> list:
+        """``floats`` with what must go float with them: the activations writing their inputs and
+        every op of a type the quantizer keeps float only all together."""
+        units, denied, companions = self.units_of(variant)
         floats = list(floats)
-        for op in {u.op for u in floats} & self.c.denied_by_type:  # kept float only all together
-            floats = list(dict.fromkeys(floats + [u for u in self.c.units if u.op == op]))
+        floats += [c for u in floats for c in companions.get(u, [])]
+        for op in {u.op for u in floats} & denied:
+            floats += [u for u in units if u.op == op]
+        return list(dict.fromkeys(floats))
+
+    def try_variant(self, label, variant, floats=()) -> Attempt | None:
+        floats = self.expand(floats, variant)
         return self.attempt(label, "mixed" if floats else "int8", lambda: variant(floats), floats, variant)
 
     def mixed(self) -> list[dict]:
         """Step 2: keep units float one at a time, greedily by their gain given what is float."""
-        c = self.c
-        base = max((a for a in self.attempts if a.variant), key=lambda a: a.psnr_db or 0.0)
-        build = lambda floats: (lambda: base.variant(floats))  # noqa: E731
+        base = self.mixed_base()
+        units, denied, _ = self.units_of(base.variant)
+        build = lambda floats: (lambda: base.variant(self.expand(floats, base.variant)))  # noqa: E731
         base_psnr = self._screen("base", build([]))
-        rows = rank_units(c.units, c.denied_by_type, build, self.measure, all_but=True, only=False, screen=True)
+        rows = rank_units(units, denied, build, self.measure, all_but=True, only=False, screen=True)
         gain = {r["unit"]: _or(r["all_but_psnr_db"], -1e9) - _or(base_psnr, 0.0) for r in rows}
         if max(gain.values(), default=0.0) < MIN_GAIN_DB:  # several tensors each fatal: isolated harm
-            only = rank_units(c.units, c.denied_by_type, build, self.measure, all_but=False, screen=True)
+            raw = lambda floats: (lambda: base.variant(floats))  # noqa: E731  (only this one int8: nothing added)
+            only = rank_units(units, denied, raw, self.measure, all_but=False, screen=True)
             for r in only:
                 next(x for x in rows if x["unit"] is r["unit"])["only_quantized_psnr_db"] = r["only_quantized_psnr_db"]
             gain = {r["unit"]: -_or(r["only_quantized_psnr_db"], 1e9) for r in only}
         floats: list[Unit] = []
-        remaining = [u for u in c.units]
-        for _ in range(min(MAX_MIXED_STEPS, max(1, len(c.units) - 1))):
-            remaining = [u for u in remaining if u not in floats]
+        for _ in range(min(MAX_MIXED_STEPS, max(1, len(units) - 1))):
+            remaining = [u for u in units if u not in floats]
             if not remaining:
                 break
             unit = max(remaining, key=lambda u: (gain[u], -remaining.index(u)))
-            floats.append(unit)
-            a = self.try_variant(f"{base.label}; float " + ", ".join(u.label for u in floats), base.variant, floats)
+            floats = self.expand(floats + [unit], base.variant)
+            if all(u in floats for u in units):  # all float is the float model, not a mixed one
+                break
+            named = [u for u in floats if u in units]  # data movement kept float with them goes unnamed
+            a = self.try_variant(f"{base.label}; float " + ", ".join(u.label for u in named), base.variant, floats)
             if a is None:
                 continue
-            floats = list(a.float_units) if c.float_units is not None else floats
             if a.passed:
                 break
-            self._rerank(gain, [u for u in remaining if u not in floats], floats, build, a.psnr_db)
+            self._rerank(gain, [u for u in units if u not in floats], floats, build, a.psnr_db)
         rows.sort(key=lambda r: -gain.get(r["unit"], -1e9))
         return rows
+
+    def mixed_base(self) -> Attempt:
+        """The same-size attempt mixed precision starts from: the best PSNR, unless one that
+        quantizes a transformed model (the sub-pixel form of transposed convolutions) is within
+        ``TRANSFORMED_BASE_MARGIN_DB`` of it: there every unit can be kept float alone (TFLite
+        keeps ``TRANSPOSE_CONV`` float only all together) and the int8 ones run fast kernels
+        (neither runtime has a fast int8 transposed convolution). Read from the graphs, not timed."""
+        built = [a for a in self.attempts if a.variant]
+        best = max(built, key=lambda a: a.psnr_db or 0.0)
+        transformed = [a for a in built if isinstance(a.variant, Variant) and a.variant.units is not None]
+        alternative = max(transformed, key=lambda a: a.psnr_db or 0.0, default=None)
+        if alternative is not None and (alternative.psnr_db or 0.0) >= (best.psnr_db or 0.0) - TRANSFORMED_BASE_MARGIN_DB:
+            return alternative
+        return best
 
     def _rerank(self, gain: dict, remaining: list, floats: list, build, current_psnr) -> None:
         """Re-measure the most promising remaining units given what is already float."""
@@ -264,10 +320,12 @@ class _Search:
         c = self.c
         if c.slow_ops is None or not chosen.passed or chosen.variant is None:
             return chosen
-        slow = c.slow_ops(chosen.data) & {u.op for u in c.units}
+        units, _, _ = self.units_of(chosen.variant)
+        slow = c.slow_ops(chosen.data) & {u.op for u in units}
         if not slow:
             return chosen
-        floats = list(dict.fromkeys(chosen.float_units + [u for u in c.units if u.op in slow]))
+        kept = [u for u in units if u in chosen.float_units or u.label in {f.label for f in chosen.float_units}]
+        floats = list(dict.fromkeys(kept + [u for u in units if u.op in slow]))
         label = f"{chosen.label}; {', '.join(sorted(slow))} in float (no XNNPACK int8 kernel)"
         a = self.try_variant(label, chosen.variant, floats)
         if a is not None and a.passed and a.size_bytes <= chosen.size_bytes * SPEED_SIZE_BUDGET:
@@ -286,6 +344,9 @@ def search(candidates: Candidates, measure: Measurer, log=lambda msg: None, pref
     if not s.settled() and candidates.units and any(a.variant for a in s.attempts):
         ranking = s.mixed()  # 2.
     passed_fast = any(a.passed and a.compute in ("int8", "mixed") for a in s.attempts)
+    slow = [a for a in s.attempts if a.passed and a.compute == "slow" and a.variant]
+    if slow and not passed_fast:  # int8 passes but a reference kernel makes it slow: keep that op float
+        passed_fast = s.faster(max(slow, key=lambda a: a.psnr_db or 0.0)).compute in ("int8", "mixed")
     if ranking and (prefer == "size" or not passed_fast):  # 3. weight-only int8, then wider types
         s.attempt("weight-only int8", "int8-weights", candidates.weight_only)
     if not s.settled():

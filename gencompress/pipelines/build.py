@@ -12,6 +12,7 @@ from pathlib import Path
 from gencompress.compress.quantization import (
     TFLITE_OPS_DENIED_BY_TYPE,
     keras_layer_names,
+    onnx_companions,
     onnx_saturation_overrides,
     onnx_units,
     onnx_weight_only,
@@ -19,7 +20,7 @@ from gencompress.compress.quantization import (
     tflite_undelegated_ops,
     tflite_weight_only,
 )
-from gencompress.compress.search import FAST_SCREEN_SAMPLES, SCREEN_SAMPLES, Candidates, Measurer, search
+from gencompress.compress.search import FAST_SCREEN_SAMPLES, SCREEN_SAMPLES, Candidates, Measurer, Variant, search
 from gencompress.errors import ConversionError
 from gencompress.pipelines.session import Session, add_artifact, artifact, record_failure
 from gencompress.results import SearchRecord
@@ -182,8 +183,45 @@ def _searched(session: Session, fmt: str, target: float):
     return result
 
 
+def transformed(session: Session, kind: str):
+    """A function-equal copy of the session's model made for quantizing (``subpixel``: strided
+    transposed convolutions as convolutions), or ``None`` when it changes nothing or does not
+    match the model's outputs. Made once per run."""
+    key = ("transformed", kind)
+    if key not in session.cache.transforms:
+        session.cache.transforms[key] = _transform(session, kind)
+    return session.cache.transforms[key]
+
+
+def _transform(session: Session, kind: str):
+    import dataclasses
+
+    import numpy as np
+
+    from gencompress.compress import subpixel
+
+    model = session.model
+    if model.keras_model is None or not subpixel.has_conv_transposes(model.keras_model):
+        return None
+    with session.progress.phase("transposed convolutions in sub-pixel form"):
+        new, rows = subpixel.subpixel_model(model.keras_model)
+    if new is None:
+        return None
+    held = session.evaluation.take(8)
+    x = [held.arrays[n] for n in model.input_names]
+    out = new(x if len(x) > 1 else x[0], training=False)
+    out = out if isinstance(out, (list, tuple)) else [out]
+    lo, hi = session.output_range
+    error = max(float(np.max(np.abs(np.asarray(o) - r[:8]))) for o, r in zip(out, session.reference))
+    if not error <= subpixel.TOLERANCE * max(1.0, hi - lo):
+        session.progress.log(f"  sub-pixel form differs from the model by {error:.3g}: not used")
+        return None
+    return dataclasses.replace(model, keras_model=new)
+
+
 def tflite_candidates(session: Session) -> Candidates:
-    """What the search can build in TFLite: re-quantizations of the run's one calibration."""
+    """What the search can build in TFLite: re-quantizations of the run's one calibration per
+    model (the model, and its sub-pixel form when it has strided transposed convolutions)."""
     from gencompress.converters.tflite import convert_tflite
 
     mixed = tflite_calibrated(session)
@@ -195,6 +233,13 @@ def tflite_candidates(session: Session) -> Candidates:
             for dense in (False, True):
                 label = "int8" + (", saturation-aware ranges" if sat else "") + (", per-tensor dense weights" if dense else "")
                 yield label, lambda floats, s=sat, d=dense: mixed.build(floats, dense_per_tensor=d, saturation_aware=s, int8_io=int8_io)
+        sub = None if settled() else transformed(session, "subpixel")
+        if sub is not None:
+            sub_mixed = tflite_calibrated(session, sub)
+            sat = sub_mixed.clamped is not None
+            label = "int8, sub-pixel transposed convolutions" + (", saturation-aware ranges" if sat else "")
+            build = lambda floats: sub_mixed.build(floats, saturation_aware=sat, int8_io=int8_io)  # noqa: E731
+            yield label, Variant(build, sub_mixed.units, frozenset(TFLITE_OPS_DENIED_BY_TYPE), sub_mixed.companions)
 
     def float_tflite() -> bytes:
         # the run's float32 artifact of this model is already written: no second conversion
@@ -212,19 +257,21 @@ def tflite_candidates(session: Session) -> Candidates:
         float_units=lambda data: tflite_float_ops(data, layer_names),
         denied_by_type=frozenset(TFLITE_OPS_DENIED_BY_TYPE),
         slow_ops=tflite_undelegated_ops,
+        companions=mixed.companions,
     )
 
 
 def onnx_candidates(session: Session) -> Candidates:
-    """What the search can build in ONNX: static quantizations of the float graph."""
+    """What the search can build in ONNX: static quantizations of the float graph (and of the
+    sub-pixel form's, where transposed convolutions would otherwise run in float)."""
     from gencompress.converters.onnx import quantize_onnx
 
     float_bytes = float_onnx(session)
     overrides = onnx_saturation_overrides(float_bytes)
     first = session.config.calibration_method
 
-    def variant(method, ranges):
-        return lambda floats: quantize_onnx_calibrated(session, "int8", method, [u.name for u in floats], ranges)
+    def variant(method, ranges, model=None):
+        return lambda floats: quantize_onnx_calibrated(session, "int8", method, [u.name for u in floats], ranges, model=model)
 
     def same_size(settled):
         yield "int8", variant(first, None)
@@ -233,10 +280,19 @@ def onnx_candidates(session: Session) -> Candidates:
                 continue
             label = "int8" + ("" if method == first else f", {method} calibration") + (", saturation-aware ranges" if overrides else "")
             yield label, variant(method, overrides or None)
+        sub = None if settled() else transformed(session, "subpixel")
+        if sub is not None:
+            sub_float = float_onnx(session, sub)
+            sub_overrides = onnx_saturation_overrides(sub_float) or None
+            label = "int8, sub-pixel transposed convolutions" + (", saturation-aware ranges" if sub_overrides else "")
+            units = onnx_units(sub_float, keras_layer_names(session.model))
+            yield label, Variant(variant(first, sub_overrides, sub), units, None, onnx_companions(sub_float, units))
 
+    units = onnx_units(float_bytes, keras_layer_names(session.model))
     return Candidates(
         fmt="onnx",
-        units=onnx_units(float_bytes, keras_layer_names(session.model)),
+        units=units,
+        companions=onnx_companions(float_bytes, units),
         same_size=same_size,
         weight_only=lambda: onnx_weight_only(float_bytes),
         wider=[

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gencompress.calibration import Calibration
 from gencompress.config import AnalyzeConfig, ExportConfig, QuantizeConfig
-from gencompress.errors import UnsupportedModelError
+from gencompress.errors import GencompressError, UnsupportedModelError
 from gencompress.pipelines.build import build_artifacts, float_onnx, quantize_onnx_calibrated, tflite_calibrated
 from gencompress.pipelines.grading import grade
 from gencompress.pipelines.result import Result
@@ -26,13 +26,15 @@ def quantize(model, config: QuantizeConfig | None = None, calibration: Calibrati
     session = prepare(model, config, calibration, progress)
     try:
         build_artifacts(session, config.modes)
-        if config.method == "qat":
+        auto = _auto_reason(session, model) if config.method == "auto" else None
+        if config.method == "qat" or auto:
             from gencompress.pipelines.qat import add_qat_artifacts, compare_ptq_qat
 
             section = add_qat_artifacts(session, config.qat, strategy=strategy)
             section = section.model_copy(update={"comparison": compare_ptq_qat(session.artifacts, "qat")})
-            # float32 and QAT artifacts graded; the post-training ones are the reference
-            grade(session.artifacts, config.min_psnr, lambda a: a.variant == "qat" or (a.precision == "float32" and not a.variant))
+            shipped = _shipped(session.artifacts, config.min_psnr, auto)
+            # float32 and the shipped artifacts graded; the others are the reference
+            grade(session.artifacts, config.min_psnr, lambda a: (a.precision == "float32" and not a.variant) or shipped(a))
             report = make_report(session, "quantize")
             report.qat = section
         else:
@@ -42,6 +44,52 @@ def quantize(model, config: QuantizeConfig | None = None, calibration: Calibrati
         session.cache.close()
         raise
     return Result(report, session.files, session.cache)
+
+
+FAST_COMPUTE = ("int8", "mixed")
+
+
+def _int8_slot(a) -> bool:
+    """A post-training artifact of the int8 mode (whatever precision its search settled on)."""
+    return not a.variant and a.precision != "float32" and (a.fallback is not None or a.precision in ("int8", "mixed"))
+
+
+def _fast_pass(a, target: float) -> bool:
+    psnr = a.fidelity.psnr_db
+    compute = a.fallback.compute if a.fallback else "int8"
+    return a.precision in ("int8", "mixed") and psnr is not None and psnr >= target and compute in FAST_COMPUTE
+
+
+def _auto_reason(session: Session, model) -> str | None:
+    """``--method auto``: why QAT runs (no post-training int8 artifact of some format meets the
+    target at full speed), or ``None`` when it does not need to or cannot (logged)."""
+    target = session.config.min_psnr
+    ptq = [a for a in session.artifacts if _int8_slot(a)]
+    missing = sorted({a.format for a in ptq} - {a.format for a in ptq if _fast_pass(a, target)})
+    if not missing:
+        session.progress.log("auto: post-training int8 meets the target at full speed: no QAT")
+        return None
+    try:
+        _check_qat(model)
+    except GencompressError as exc:
+        session.progress.log(f"auto: no QAT ({exc})")
+        return None
+    reason = f"no post-training {', '.join(missing)} artifact meets {target:g} dB in int8 or mixed compute"
+    session.progress.log(f"auto: quantization-aware training: {reason}")
+    return reason
+
+
+def _shipped(artifacts, target: float, auto: str | None):
+    """Which quantized artifacts are the deliverable: with ``--method qat`` the QAT ones; with
+    ``auto``, per format, QAT when it meets the target at full speed, else post-training."""
+    if not auto:
+        return lambda a: a.variant == "qat"
+    qat_wins = {a.format for a in artifacts if a.variant == "qat" and _fast_pass(a, target)}
+    shipped = lambda a: (_int8_slot(a) or a.variant == "qat") and (a.format in qat_wins) == (a.variant == "qat")  # noqa: E731
+    for a in artifacts:
+        if _int8_slot(a) or a.variant == "qat":
+            a.notes = a.notes + [f"--method auto: {'shipped' if shipped(a) else 'reference'} ({auto})"]
+    return shipped
 
 
 def _check_qat(model) -> None:

@@ -53,6 +53,7 @@ class RunCache:
     def __init__(self):
         self.onnx_exports: dict = {}
         self.tflite_calibrations: dict = {}
+        self.transforms: dict = {}  # function-equal copies of the model made for quantizing
         self._dir = None
 
     @property
@@ -247,7 +248,7 @@ def make_report(session: Session, command: str, settings: dict | None = None) ->
 
     m = session.model
     config = session.config
-    quantized = any(a.precision in ("int8", "int16x8", "mixed") for a in session.artifacts)
+    quantized = any(a.precision in ("int8", "int16x8", "mixed") or a.fallback is not None for a in session.artifacts)
     return Report(
         versions=versions(),
         command=command,

@@ -1,0 +1,148 @@
+"""Transposed convolutions in sub-pixel form, and what the search gains from it: each one can be
+kept float on its own, with the activation chain that writes its input."""
+
+import numpy as np
+import pytest
+
+from gencompress.compress.quantization import TFLiteMixed, input_activations, saturation_bounds, tflite_float_ops
+from gencompress.compress.subpixel import subpixel_model
+from gencompress.model import load_model
+
+from conftest import make_session
+
+
+@pytest.mark.parametrize("kernel", [2, 3, 4, 5])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_subpixel_form_is_the_same_function(keras, kernel, stride, padding):
+    keras.utils.set_random_seed(kernel * 10 + stride)
+    x = keras.Input((5, 7, 3))
+    y = keras.layers.Conv2DTranspose(4, kernel, stride, padding=padding, activation="relu", name="t")(x)
+    model = keras.Model(x, y)
+    new, rows = subpixel_model(model)
+    assert rows == [{"layer": "t", "rewritten": True, "reason": None, "folded": None}]
+    assert [type(layer).__name__ for layer in new.layers][1:] == ["SubpixelConvTranspose"]
+    xs = np.random.default_rng(0).standard_normal((2, 5, 7, 3)).astype("float32")
+    expected = model(xs).numpy()
+    got = new(xs).numpy()
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() < 1e-5
+
+
+def test_batchnorm_after_is_folded_and_odd_layers_are_left(keras):
+    keras.utils.set_random_seed(1)
+    x = keras.Input((4, 4, 3))
+    y = keras.layers.Conv2DTranspose(6, 4, 2, padding="same", use_bias=False, name="up")(x)
+    y = keras.layers.BatchNormalization(name="bn")(y)
+    y = keras.layers.Conv2DTranspose(2, 3, (2, 1), padding="same", name="odd")(y)
+    model = keras.Model(x, y)
+    bn = model.get_layer("bn")
+    rng = np.random.default_rng(2)
+    bn.set_weights([rng.uniform(0.5, 2, 6), rng.normal(0, 1, 6), rng.normal(0, 1, 6), rng.uniform(0.5, 2, 6)])
+    new, rows = subpixel_model(model)
+    assert rows[0] == {"layer": "up", "rewritten": True, "reason": None, "folded": "bn"}
+    assert rows[1]["rewritten"] is False and "differ" in rows[1]["reason"]  # non-square strides
+    assert new.get_layer("bn").weights == []  # folded into the convolution: an identity now
+    xs = rng.standard_normal((2, 4, 4, 3)).astype("float32")
+    assert np.abs(new(xs).numpy() - model(xs).numpy()).max() < 1e-4
+
+
+def test_model_without_transposed_convolutions_is_not_rewritten(keras):
+    x = keras.Input((4,))
+    model = keras.Model(x, keras.layers.Dense(3)(x))
+    assert subpixel_model(model) == (None, [])
+
+
+def test_input_activations_walk_back_through_data_movement():
+    """Conv ← Pad ← LeakyRelu ← Slice ← DepthToSpace ← Conv: keeping the second conv float needs
+    the pad, the activation and the shuffle before it float too, or its input is rounded to int8."""
+    ops = [
+        ("CONV_2D", ["x", "w0"], ["a"]),
+        ("DEPTH_TO_SPACE", ["a"], ["b"]),
+        ("STRIDED_SLICE", ["b", "s"], ["c"]),
+        ("LEAKY_RELU", ["c"], ["d"]),
+        ("PAD", ["d", "p"], ["e"]),
+        ("CONV_2D", ["e", "w1"], ["f"]),
+        ("RELU", ["f"], ["g"]),
+        ("CONV_2D", ["g", "w2"], ["h"]),
+        ("CONV_2D", ["g", "w3"], ["i"]),  # g has two readers: nothing to add for them
+    ]
+    keys = ["conv0", "d2s", "crop", "act", "pad", "conv1", "relu", "conv2", "conv3"]
+    assert input_activations(ops, keys) == {"conv1": ["pad", "act", "crop", "d2s"]}
+    keys[4] = None  # a step that cannot be kept float alone breaks the chain
+    assert input_activations(ops, keys) == {}
+
+
+def test_saturation_bounds_reach_logits_through_the_shuffle():
+    ops = [
+        ("CONV_2D", ["x", "w"], ["logits"]),
+        ("DEPTH_TO_SPACE", ["logits"], ["shuffled"]),
+        ("STRIDED_SLICE", ["shuffled", "s"], ["cropped"]),
+        ("TANH", ["cropped"], ["y"]),
+        ("LOGISTIC", ["x"], ["z"]),
+        ("ADD", ["x", "y"], ["out"]),
+    ]
+    assert saturation_bounds(ops, {"out", "z"}) == {"cropped": 5.0, "shuffled": 5.0, "logits": 5.0}
+
+
+def test_each_transposed_convolution_can_be_kept_float_alone(keras, tmp_path):
+    """TFLite's quantizer keeps a TRANSPOSE_CONV float only with every other one (see
+    test_tflite_ignores_node_denylist_for_transpose_conv); in sub-pixel form one CONV_2D can."""
+    from gencompress.pipelines.build import transformed
+
+    model = load_model(_needs_the_last_input_float(keras, tmp_path))
+    session = make_session(model, 16, 4)
+    sub = transformed(session, "subpixel")
+    mixed = TFLiteMixed(sub, session.calibration)
+    convs = [u for u in mixed.units if u.op == "CONV_2D"]
+    assert [u.layers for u in convs] == [("up1",), ("image",)]
+    kept = tflite_float_ops(mixed.build(convs[1:]))
+    assert [u.op for u in kept] == ["CONV_2D"] and "image" in kept[0].name
+    # the activation, pad and shuffle writing the last conv's input go float with it
+    chain = mixed.companions[convs[1]]
+    assert [u.op for u in chain] == ["PAD", "LEAKY_RELU", "STRIDED_SLICE", "DEPTH_TO_SPACE"]
+
+
+def _needs_the_last_input_float(keras, tmp_path):
+    """The smallest model of the class (a VAE-GAN decoder): a saturating tanh convolution whose
+    large weights amplify the rounding of its 8-bit input; one BN channel spreads that input's
+    range. Int8 everywhere is ~26 dB; the last convolution float with the chain feeding it ~38 dB."""
+    keras.utils.set_random_seed(3)
+    z = keras.Input((8,), name="z")
+    x = keras.layers.Dense(4 * 4 * 16, name="project")(z)
+    x = keras.layers.Reshape((4, 4, 16))(x)
+    x = keras.layers.LeakyReLU(0.2, name="act0")(x)
+    x = keras.layers.Conv2DTranspose(16, 4, 2, padding="same", name="up1")(x)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.LeakyReLU(0.2, name="act1")(x)
+    x = keras.layers.Conv2DTranspose(1, 4, 2, padding="same", activation="tanh", name="image")(x)
+    model = keras.Model(z, x)
+    bn = model.get_layer("bn1")
+    gamma, beta, mean, var = bn.get_weights()
+    gamma = gamma * 1.5
+    gamma[0] *= 10.0
+    bn.set_weights([gamma, beta + 0.2, mean + np.random.default_rng(0).normal(0, 0.1, 16).astype("float32"), var * 0.5])
+    kernel, bias = model.get_layer("image").get_weights()
+    model.get_layer("image").set_weights([kernel * 60.0, bias - 10.0])
+    path = tmp_path / "last_input.h5"
+    model.save(path)
+    return path
+
+
+def test_search_keeps_the_last_convolution_float_in_int8_speed_class(keras, tmp_path):
+    """Before: TFLite could only keep every TRANSPOSE_CONV float (slow reference kernels) and
+    fell back to weight-only int8 (float compute); now the pick is mixed sub-pixel int8."""
+    import gencompress as gc
+
+    model = gc.load_model(_needs_the_last_input_float(keras, tmp_path))
+    result = gc.quantize(model, gc.QuantizeConfig(eval_samples=16, latency_runs=5), gc.Calibration.noise(64))
+    for artifact in result.report.artifacts:
+        if artifact.precision == "float32":
+            continue
+        fb = artifact.fallback
+        plain = fb.attempts[0]
+        assert plain.label == "int8" and plain.psnr_db < 28.0  # the problem is real
+        assert artifact.passed and artifact.fidelity.psnr_db >= 30.0
+        assert artifact.precision == "mixed" and fb.compute == "mixed", fb.chosen
+        assert fb.chosen.startswith("int8, sub-pixel transposed convolutions"), fb.chosen
+        assert "image" in fb.chosen and "act1" in fb.chosen

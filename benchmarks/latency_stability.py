@@ -37,8 +37,12 @@ def main() -> None:
     parser.add_argument("models", nargs="*", default=[str(REPO / "sample_models" / "dcgan_digits.h5")])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--counts", default="5,10,20,50,100,200,400")
+    parser.add_argument("--rounds", help="instead: the gate's protocol, medians of R interleaved rounds, for each R of this list")
+    parser.add_argument("--round-runs", type=int, default=20)
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
+    if args.rounds:
+        return rounds_table(args)
 
     import tempfile
 
@@ -71,6 +75,47 @@ def main() -> None:
                         f"| {file.name} | {n} | {med:.4f} | {100 * (q3 - q1) / med:.1f} % | "
                         f"{100 * (values[-1] - values[0]) / med:.1f} % | {seconds[n] / args.repeats:.3f} |"
                     )
+                sys.stdout.flush()
+
+
+def rounds_table(args) -> None:
+    """The gate protocol: every gated artifact and its float32 reference measured in turn, R
+    rounds of ``--round-runs`` runs each; the value is the median of an artifact's round p50s.
+    Spread of that value (and of the speed-up int8 over float) over ``--repeats`` repeats."""
+    import tempfile
+
+    import numpy as np
+
+    from gencompress.converters.runners import make_runner
+    from gencompress.report.latency import measure_latency
+
+    rounds = [int(r) for r in args.rounds.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in args.models:
+            model, artifacts = _artifacts(path, Path(tmp))
+            sample = {t.name: np.random.default_rng(0).standard_normal((1,) + tuple(t.shape[1:])).astype(t.dtype) for t in model.inputs}
+            runners = {(f, p): make_runner(file, f, model.input_names, [t.name for t in model.outputs]) for f, p, file in artifacts}
+            print(f"\n## {Path(path).name}: medians of R rounds of {args.round_runs} runs, interleaved\n")
+            print("| R | artifact or ratio | median | (max-min) / median | seconds per gate |")
+            print("|---|---|---|---|---|")
+            for r in rounds:
+                values = {k: [] for k in runners}
+                t0 = time.perf_counter()
+                for _ in range(args.repeats):
+                    p50s = {k: [] for k in runners}
+                    for _ in range(r):
+                        for k, runner in runners.items():
+                            p50s[k].append(measure_latency(runner, sample, warmup=2, runs=args.round_runs, max_seconds=1e9)["p50"])
+                    for k in runners:
+                        values[k].append(statistics.median(p50s[k]))
+                seconds = (time.perf_counter() - t0) / args.repeats
+                rows = {f"{f} {p}": v for (f, p), v in values.items()}
+                for fmt in dict.fromkeys(f for f, _ in runners):
+                    if (fmt, "int8") in values:
+                        rows[f"speed-up {fmt} int8"] = [a / b for a, b in zip(values[(fmt, "float32")], values[(fmt, "int8")])]
+                for name, v in rows.items():
+                    med = statistics.median(v)
+                    print(f"| {r} | {name} | {med:.4f} | {100 * (max(v) - min(v)) / med:.1f} % | {seconds:.2f} |")
                 sys.stdout.flush()
 
 

@@ -127,7 +127,7 @@ def parse(doc, base: Path, source: str | None = None) -> Recipe:
     output = doc.get("output")
     if output is not None and not isinstance(output, str):
         raise RecipeError(f"recipe output: expected a folder path (a string), got {_got(output)}")
-    out = base / output if output else base / "gencompress-out" / Path(model["path"]).stem
+    out = (base / output if output else base / "gencompress-out" / Path(model["path"]).stem).resolve()
     return Recipe(
         model=model["path"], trust_code=model.get("trust_code", False), custom_objects=model.get("custom_objects"),
         calibration=calibration, steps=tuple(steps), output=str(out), source=source,

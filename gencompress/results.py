@@ -285,7 +285,9 @@ class GatesSection(_Model):
     limits: dict[str, dict[str, float]]
     checks: list[GateCheck] = Field(default_factory=list)
     failed: int = 0
-    latency_runs: Optional[int] = None  # timed runs per artifact when a latency gate is set
+    # with a latency gate: latency re-measured in this many interleaved rounds of this many runs
+    latency_rounds: Optional[int] = None
+    latency_round_runs: Optional[int] = None
 
     @property
     def failures(self) -> list[GateCheck]:

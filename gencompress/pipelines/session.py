@@ -33,9 +33,6 @@ FAST_SHARE, FAST_MIN = 4, 8
 LATENCY_RUNS, FAST_LATENCY_RUNS = 50, 10
 # Seconds of latency measurement per artifact at most (warm-up included), and with ``fast``.
 LATENCY_SECONDS, FAST_LATENCY_SECONDS = 5.0, 2.0
-# With a latency gate (--min-speedup, --max-latency-ms): at least this many timed runs per
-# artifact, within this many seconds (benchmarks/latency_stability.py; README "Gates").
-GATE_LATENCY_RUNS, GATE_LATENCY_SECONDS = 200, 30.0
 # Held-out samples whose outputs report.html shows, per artifact (kept in memory, not in report.json).
 PREVIEW_SAMPLES = 8
 
@@ -134,8 +131,6 @@ class Session:
         from gencompress.report.latency import measure_latency
 
         budget = FAST_LATENCY_SECONDS if self.config.fast else LATENCY_SECONDS
-        if self.config.gates.timed:
-            budget = max(budget, GATE_LATENCY_SECONDS)
         return measure_latency(runner, sample, runs=self.config.latency_runs, max_seconds=budget)
 
     def runner(self, path, fmt: str):
@@ -153,10 +148,11 @@ def prepare(model, config: RunConfig, calibration: Calibration | None = None, pr
     calibration = calibration or Calibration.noise()
     n_calib, n_eval = auto_sample_counts(model, config.fast)
     used_calib = calibration.samples or n_calib
-    latency_runs = config.latency_runs or (FAST_LATENCY_RUNS if config.fast else LATENCY_RUNS)
-    if config.gates.timed:  # a latency gate judges a p50: it needs enough runs to be stable
-        latency_runs = max(latency_runs, GATE_LATENCY_RUNS)
-    resolved = dataclasses.replace(config, eval_samples=config.eval_samples or n_eval, latency_runs=latency_runs)
+    resolved = dataclasses.replace(
+        config,
+        eval_samples=config.eval_samples or n_eval,
+        latency_runs=config.latency_runs or (FAST_LATENCY_RUNS if config.fast else LATENCY_RUNS),
+    )
     calib, held = calibration.sets(model.inputs, model.label_ranges, used_calib, resolved.eval_samples, config.seed)
     label = f"reference outputs of the float model on {len(held)} held-out samples"
     with progress.phase(label, total=len(held), unit="sample") as phase:

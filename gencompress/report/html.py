@@ -145,7 +145,8 @@ def _gates(section: dict | None) -> dict | None:
         for fmt, given in section["limits"].items()
     ]
     checks = [row(c) for c in section["checks"]]
-    return {"limits": limits, "checks": checks, "failed": [c for c in checks if not c["passed"]], "latency_runs": section.get("latency_runs")}
+    return {"limits": limits, "checks": checks, "failed": [c for c in checks if not c["passed"]], "latency_rounds": section.get("latency_rounds"),
+            "latency_round_runs": section.get("latency_round_runs")}
 
 
 def _sensitivity(sensitivity: dict | None) -> list[dict]:

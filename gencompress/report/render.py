@@ -161,7 +161,8 @@ def gate_value(x, gate: str) -> str:
 def gate_line(check: dict) -> str:
     """``dcgan.int8.onnx: size 88,371 bytes, limit at most 80,000 (--max-bytes)``."""
     what, unit, bound = GATE_WORDS[check["gate"]]
-    measured = gate_value(check["measured"], check["gate"]) + (f" {unit}" if unit and check["measured"] is not None else "")
+    sep = "" if unit == "x" else " "
+    measured = gate_value(check["measured"], check["gate"]) + (f"{sep}{unit}" if unit and check["measured"] is not None else "")
     option = "--" + check["gate"].replace("_", "-")
     return f"{check['artifact']}: {what} {measured}, limit {bound} {gate_value(check['limit'], check['gate'])} ({option})"
 

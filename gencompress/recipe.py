@@ -98,8 +98,10 @@ def load(path: str | os.PathLike) -> Recipe:
                 raise RecipeError(f"recipe {path}: this report records no recipe")
             doc = doc["recipe"].get("document")
     else:
-        import tomllib
-
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
         try:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

@@ -1,4 +1,5 @@
-"""Pictures of what models draw, for reports: teacher and student outputs side by side."""
+"""Pictures of what models draw, for reports: teacher and student outputs side by side, and the
+rows of report.html's grids (float model, artifact, error heatmap)."""
 
 from __future__ import annotations
 

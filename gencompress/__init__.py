@@ -19,10 +19,11 @@ _WHERE = {
     "gencompress.calibration": ("Calibration",),
     "gencompress.config": (
         "QuantizeConfig", "ExportConfig", "AnalyzeConfig", "PruneConfig", "DistillConfig", "TrainingConfig", "RunConfig",
+        "Gates", "FormatGates",
     ),
     "gencompress.results": (
         "Report", "ArtifactResult", "Fidelity", "Latency", "SearchAttempt", "SearchRecord", "Failure",
-        "PruningSection", "QatSection", "DistillationSection", "Sensitivity",
+        "PruningSection", "QatSection", "DistillationSection", "Sensitivity", "GatesSection", "GateCheck",
     ),
     "gencompress.pipelines.result": ("Result",),
     "gencompress.errors": (

@@ -8,6 +8,9 @@ is imported at module level: ``gencompress --help`` must not import TensorFlow.
 from __future__ import annotations
 
 import functools
+import os
+import sys
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 import click
@@ -129,6 +132,106 @@ def _split(kwargs: dict, data=None):
     return kwargs, calibration
 
 
+def _gate_values(kind):
+    """``VALUE`` (every format) or ``FORMAT:VALUE`` (one format), repeatable."""
+
+    def convert(ctx, param, values):
+        parsed = []
+        for raw in values:
+            fmt, _, number = raw.rpartition(":")
+            if fmt and fmt not in C.FORMATS:
+                raise click.BadParameter(f"unknown format '{fmt}' in '{raw}' (give VALUE or FORMAT:VALUE, FORMAT one of {', '.join(C.FORMATS)})")
+            try:
+                value = kind(number)
+            except ValueError:
+                raise click.BadParameter(f"'{raw}': expected {'a whole number' if kind is int else 'a number'}, or FORMAT:VALUE") from None
+            parsed.append((fmt or None, value))
+        return parsed
+
+    return convert
+
+
+_GATE_OPTIONS = [
+    ("min_ssim", float, "Gate: SSIM against the float model at least this (image outputs)."),
+    ("max_bytes", int, "Gate: artifact size at most this many bytes."),
+    ("max_size_ratio", float, "Gate: artifact size at most this share of the float32 artifact's (0.3: 30 %)."),
+    ("min_speedup", float, "Gate: p50 latency of the float32 artifact over this one's at least this (1.5: 1.5x faster); latency then takes 200 runs."),
+    ("max_latency_ms", float, "Gate: p50 latency at most this many ms; latency then takes 200 runs."),
+]
+
+
+def gate_options(f):
+    """The gates (``config.Gates``) a command's deliverable artifacts must pass (exit 3 otherwise);
+    ``--min-psnr``, the fidelity target, is the PSNR gate. Each takes VALUE for every format or
+    FORMAT:VALUE for one (repeatable)."""
+    for name, kind, text in reversed(_GATE_OPTIONS):
+        f = click.option("--" + name.replace("_", "-"), name, multiple=True, metavar="[FORMAT:]VALUE", callback=_gate_values(kind),
+                         help=text + " FORMAT:VALUE for one format.")(f)
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        every, per_format = {}, {fmt: {} for fmt in C.FORMATS}
+        for name, _, _ in _GATE_OPTIONS:
+            for fmt, value in kwargs.pop(name):
+                (per_format[fmt] if fmt else every)[name] = value
+        kwargs["gates"] = C.Gates(**every, **{fmt: C.FormatGates(**given) for fmt, given in per_format.items()})
+        return f(*args, **kwargs)
+
+    return wrapper
+
+
+def record_options(f):
+    """``--save-recipe`` (write this run down) and ``--json`` (a summary on stdout, nothing else)."""
+
+    @click.option("--save-recipe", type=click.Path(dir_okay=False), help="Write this run as a recipe (TOML) to replay with `gencompress run`.")
+    @click.option("--json", "json_output", is_flag=True, help="Print only a JSON summary on stdout (tables and progress go to stderr).")
+    @functools.wraps(f)
+    def wrapper(*args, save_recipe, json_output, **kwargs):
+        ctx = click.get_current_context()
+        ctx.meta["gencompress.save_recipe"] = save_recipe
+        if not json_output:
+            return f(*args, **kwargs)
+        with _stdout_to_stderr() as stdout:
+            try:
+                return f(*args, **kwargs)
+            finally:
+                summary = ctx.meta.get("gencompress.summary")
+                if summary is not None:
+                    stdout(summary)
+
+    return wrapper
+
+
+@contextmanager
+def _stdout_to_stderr():
+    """Everything written to stdout (ours, TensorFlow's C++ side, Keras) goes to stderr while the
+    block runs; yields a writer for the real stdout, used once the block is left."""
+    import json
+
+    out = sys.stdout
+    pending = []
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):  # captured (tests): Python-level only
+        fd = None
+    saved = None
+    if fd is not None:
+        out.flush()
+        saved = os.dup(fd)
+        os.dup2(sys.stderr.fileno(), fd)
+    try:
+        with redirect_stdout(sys.stderr):
+            yield pending.append
+    finally:
+        if saved is not None:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+        for doc in pending:
+            out.write(json.dumps(doc, indent=2) + "\n")
+            out.flush()
+
+
 class _Group(click.Group):
     """Turns user errors (``GencompressError``) into one line on stderr and their exit code."""
 
@@ -136,7 +239,8 @@ class _Group(click.Group):
         from gencompress.progress import Progress
 
         try:
-            with Progress().activate():
+            # CI logs: no bars when either stream is not a terminal (`--json > summary.json`)
+            with Progress(bars=None if sys.stdout.isatty() else False).activate():
                 return super().invoke(ctx)
         except GencompressError as exc:
             click.echo(f"gencompress: error: {exc}", err=True)
@@ -169,6 +273,8 @@ Q = C.QuantizeConfig
 @click.option("--prefer", default=default_of(Q, "prefer"), show_default=True, type=click.Choice(C.PREFER), help="Among artifacts that meet --min-psnr: speed takes those that compute fastest (full int8, then mixed precision, then float compute); size the smallest.")
 @click.option("--method", default=default_of(Q, "method"), show_default=True, type=click.Choice(C.METHODS), help="ptq: post-training only; qat: also quantization-aware training (fine-tuned against the float model), written as <stem>-qat.int8.* beside the post-training artifacts; auto: QAT only when no post-training artifact meets --min-psnr in int8 or mixed compute, and the passing one of the two shipped.")
 @training_options(C.QAT_TRAINING, "--method qat: ")
+@gate_options
+@record_options
 def quantize(model, output_dir, trust_code, custom_objects, modes, int8_io, calibration_method, min_psnr, prefer, method,
              steps, batch_size, learning_rate, data, distribute, cpu_devices, **run_kwargs):
     """Quantize MODEL post-training (or with QAT); writes float32 references and quantized .tflite/.onnx.
@@ -194,6 +300,9 @@ def quantize(model, output_dir, trust_code, custom_objects, modes, int8_io, cali
 @cli.command()
 @model_options
 @run_options
+@click.option("--min-psnr", default=default_of(C.ExportConfig, "min_psnr"), show_default=True, type=float, help="Gate: PSNR in dB the float artifacts must reach against the Keras model (0: not graded).")
+@gate_options
+@record_options
 def export(model, output_dir, trust_code, custom_objects, **run_kwargs):
     """Export MODEL as float32 .tflite and .onnx, measured against the Keras model.
 
@@ -209,6 +318,7 @@ def export(model, output_dir, trust_code, custom_objects, **run_kwargs):
 @model_options
 @run_options
 @click.option("--calibration-method", default=default_of(C.AnalyzeConfig, "calibration_method"), show_default=True, type=click.Choice(C.CALIBRATION_METHODS), help="ONNX static calibration method.")
+@record_options
 def analyze(model, output_dir, trust_code, custom_objects, calibration_method, **run_kwargs):
     """Rank MODEL's layers by how much int8 quantization of each one hurts the output.
 
@@ -260,6 +370,8 @@ _then = _comma_list(C.MODES + ("qat",), C.MODES)
 @training_options(C.PRUNE_TRAINING, "")
 @click.option("--then", "then", callback=_then, help="Also quantize the pruned model (and the original, for comparison): comma-separated float16, dynamic, int8, int16x8, qat (pruning-preserving quantization-aware training), or 'all' (post-training ones).")
 @click.option("--min-psnr", default=default_of(P, "min_psnr"), show_default=True, type=float, help="With --then int8: the quantize step's fidelity target for the pruned model, in dB against the original (0 turns the guard off).")
+@gate_options
+@record_options
 def prune_command(model, output_dir, trust_code, custom_objects, sparsity, schedule, begin_step, end_step, structure, layers, skip_first,
                   skip_last, steps, batch_size, learning_rate, data, distribute, cpu_devices, then, min_psnr, **run_kwargs):
     """Prune MODEL's weights by magnitude, fine-tune it to match the original, export it.
@@ -301,6 +413,8 @@ D = C.DistillConfig
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), help="Save training state here after every evaluation; a rerun with the same directory resumes.")
 @click.option("--then", "then", callback=_then, help="Also quantize the student: comma-separated float16, dynamic, int8, int16x8, qat (quantization-aware training against the teacher), or 'all' (post-training ones).")
 @click.option("--min-psnr", default=default_of(D, "min_psnr"), show_default=True, type=float, help="Target for the student's artifacts in dB against the teacher; with --then int8 the quantize step's fidelity guard aims for it (0: off).")
+@gate_options
+@record_options
 def distill_command(model, output_dir, trust_code, custom_objects, width, depth, student_path, steps, batch_size, learning_rate, data, distribute,
                     cpu_devices, loss, eval_every, patience, feature_loss, checkpoint_dir, then, min_psnr, **run_kwargs):
     """Distil MODEL (the teacher) into a smaller student trained to reproduce its outputs.
@@ -325,7 +439,8 @@ def distill_command(model, output_dir, trust_code, custom_objects, width, depth,
         training=training, then=then or (), min_psnr=min_psnr, checkpoint_dir=checkpoint_dir, **run_kwargs,
     )
     student = _load_model(student_path, trust_code, custom_objects) if student_path else None
-    _run("distill", model, output_dir, trust_code, custom_objects, config, calibration, strategy=strategy, student=student)
+    _run("distill", model, output_dir, trust_code, custom_objects, config, calibration, strategy=strategy, student=student,
+         student_path=student_path)
 
 
 def _strategy(distribute, cpu_devices):
@@ -338,37 +453,108 @@ def _strategy(distribute, cpu_devices):
     return make_strategy(distribute, cpu_devices)
 
 
-def _run(command: str, model_path, output_dir, trust_code, custom_objects, config, calibration, **extra) -> None:
-    """Load, run the API call, save the result, show the table and summary, exit as the result says."""
+def _run(command: str, model_path, output_dir, trust_code, custom_objects, config, calibration, student_path=None, **extra) -> None:
+    """Load, write the recipe if asked, run the API call, save the result, show the table and
+    summary, exit as the result says."""
     import gencompress.api as api
-    from gencompress.report.render import sensitivity_table, terminal_summary, terminal_table
+    from gencompress import recipe as recipes
+    from gencompress.results import RecipeRecord
 
     model = _load_model(model_path, trust_code, custom_objects)
+    out = Path(output_dir) if output_dir else DEFAULT_OUTPUT / model.stem
+    recipe = recipes.from_command(command, config, calibration, model_path, out, trust_code, custom_objects, student_path)
+    save_recipe = click.get_current_context().meta.get("gencompress.save_recipe")
+    if save_recipe:
+        recipes.write(recipe, save_recipe)
     result = getattr(api, command)(model, config, calibration, **extra)
-    out = result.save(Path(output_dir) if output_dir else DEFAULT_OUTPUT / model.stem)
+    result.report.recipe = RecipeRecord(document=recipe.document())
+    out = result.save(out)
+    _show(result, out)
+    _finish([recipes.StepRun(0, command, result, out)])
+
+
+def _show(result, out: Path) -> None:
+    """The artifact table, the summary lines and any failed gates (stdout; stderr with --json)."""
+    from gencompress.report.render import gate_failures_table, sensitivity_table, terminal_summary, terminal_table
+
     report = result.report.model_dump(mode="json")
-    if command == "analyze":
+    if report["command"] == "analyze":
         click.echo(sensitivity_table(report))
     else:
         click.echo(terminal_table(report))
         summary = terminal_summary(report)
         if summary:
-            click.echo("\n" + summary if command in ("prune", "distill") or report.get("qat") else summary)
-    click.echo(f"\nreport: {out / 'report.json'}, {out / 'report.md'}")
-    _exit(result, out)
+            click.echo("\n" + summary if report["command"] in ("prune", "distill") or report.get("qat") else summary)
+        gates = gate_failures_table(report)
+        if gates:
+            click.echo("\n" + gates)
+    click.echo(f"\nreport: {out / 'report.json'}, {out / 'report.md'}, {out / 'report.html'}")
 
 
-def _exit(result, out: Path) -> None:
-    """A missed target exits 3, an artifact a converter could not build 4 (after everything is written)."""
+def _finish(runs) -> None:
+    """Exit as the runs say: a missed target or gate 3, an artifact a converter could not build 4
+    (after everything is written); ``--json`` gets the summary either way."""
+    from gencompress import recipe as recipes
+
+    errors = [e for e in (_verdict(r.result, r.folder) for r in runs) if e is not None]
+    error = next((e for e in errors if isinstance(e, FidelityError)), errors[0] if errors else None)
+    click.get_current_context().meta["gencompress.summary"] = recipes.summary(runs, error.exit_code if error else 0)
+    if error is not None:
+        raise error
+
+
+def _verdict(result, out: Path) -> GencompressError | None:
     from gencompress.pipelines.grading import fidelity_failures
+    from gencompress.report.render import gate_line
 
     missed = fidelity_failures(result.report)
-    if missed:
-        raise FidelityError("; ".join(missed) + f". The artifacts are written and marked passed: false in {out / 'report.json'}")
+    gates = result.report.gates
+    missed_names = {a.name for a in result.report.artifacts if a.passed is False}
+    # a missed fidelity target is said above, with the search's story; the other gates here
+    other = [gate_line(c.model_dump()) for c in (gates.failures if gates else []) if not (c.gate == "min_psnr" and c.artifact in missed_names)]
+    if missed or other:
+        parts = []
+        if missed:
+            parts.append("; ".join(missed) + f". The artifacts are written and marked passed: false in {out / 'report.json'}")
+        if other:
+            parts.append(f"{len(other)} gate(s) failed: " + "; ".join(other) + f" (see gates in {out / 'report.json'})")
+        return FidelityError(". ".join(parts))
     failures = result.report.failures
     if failures:
         failed = "; ".join(f"{f.format} {f.precision}{' ' + f.variant if f.variant else ''}: {f.error}" for f in failures)
-        raise ConversionError(f"{len(failures)} artifact(s) failed: {failed}")
+        return ConversionError(f"{len(failures)} artifact(s) failed: {failed}")
+    return None
+
+
+@cli.command("run")
+@click.argument("recipe", type=click.Path())
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False), help="Where the artifacts and reports go, instead of the recipe's output.")
+@record_options
+def run_command(recipe, output_dir):
+    """Run RECIPE (a .toml recipe, or a report.json to replay): its steps in order, then its gates.
+
+    The recipe is checked whole before any work (a wrong key, type or missing file: one line,
+    exit 2). A failed gate exits 3 after everything is written. With --save-recipe the recipe
+    is written out as TOML (say, the one a report.json recorded).
+
+    \b
+    Examples:
+      gencompress run examples/quantize-dcgan.toml
+      gencompress run compress.toml -o other/ --json
+      gencompress run gencompress-out/dcgan_digits/report.json --save-recipe replay.toml
+    """
+    from gencompress import recipe as recipes
+
+    loaded = recipes.load(recipe)
+    save_recipe = click.get_current_context().meta.get("gencompress.save_recipe")
+    if save_recipe:
+        recipes.write(loaded, save_recipe)
+    runs = recipes.run(loaded, output_dir)
+    for r in runs:
+        if len(runs) > 1:
+            click.echo(f"\n== step {r.index}: {r.command} ({r.folder})")
+        _show(r.result, r.folder)
+    _finish(runs)
 
 
 def _load_model(path, trust_code: bool, custom_objects):

@@ -24,6 +24,8 @@ SCHEDULES = ("constant", "polynomial")
 STRUCTURES = ("2:4",)
 DISTRIBUTE = ("none", "mirrored", "multi-worker")
 PREFER = ("speed", "size")
+GATES = ("min_psnr", "min_ssim", "max_bytes", "max_size_ratio", "min_speedup", "max_latency_ms")
+LATENCY_GATES = ("min_speedup", "max_latency_ms")
 
 
 def default_of(cls, name: str):
@@ -37,13 +39,75 @@ def _finite(x) -> bool:
 
 
 @dataclass(frozen=True)
+class FormatGates:
+    """Limits every gated artifact of one format must meet (``None``: no such gate).
+
+    ``min_psnr`` / ``min_ssim`` against the float model; ``max_bytes``: file size;
+    ``max_size_ratio``: size over the float32 artifact of the same format; ``min_speedup``: the
+    float32 artifact's p50 latency over this one's; ``max_latency_ms``: p50 latency.
+    """
+
+    min_psnr: float | None = None
+    min_ssim: float | None = None
+    max_bytes: int | None = None
+    max_size_ratio: float | None = None
+    min_speedup: float | None = None
+    max_latency_ms: float | None = None
+
+    def __post_init__(self):
+        for name in GATES:
+            value = getattr(self, name, None)
+            if value is None:
+                continue
+            option = "--" + name.replace("_", "-")
+            if name == "max_bytes":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise OptionError(f"{option} must be a whole number of bytes >= 1, got {value}")
+            elif isinstance(value, bool) or not (_finite(value) and value > 0):
+                raise OptionError(f"{option} must be a positive number, got {value}")
+            elif name == "min_ssim" and value > 1:
+                raise OptionError(f"{option} must be at most 1 (SSIM of identical outputs), got {value}")
+
+    def given(self) -> dict:
+        """The gates set, by name."""
+        return {n: getattr(self, n) for n in GATES if getattr(self, n, None) is not None}
+
+
+@dataclass(frozen=True)
+class Gates(FormatGates):
+    """Gates a run's deliverable artifacts must pass (exit 3 otherwise): these for every format,
+    ``tflite`` / ``onnx`` for one (a format's own limit wins). The PSNR floor for every format is
+    the command's fidelity target (``min_psnr`` of its config), so ``Gates.min_psnr`` is unused
+    there and rejected; per format it is a gate of its own."""
+
+    tflite: FormatGates = FormatGates()
+    onnx: FormatGates = FormatGates()
+
+    def __post_init__(self):
+        if self.min_psnr is not None:
+            raise OptionError("the PSNR gate for every format is the command's min_psnr (its fidelity target)")
+        super().__post_init__()
+
+    def for_format(self, fmt: str, min_psnr: float = 0.0) -> dict:
+        """The limits an artifact of ``fmt`` is held to: the fidelity target, then these, then the format's."""
+        limits = {"min_psnr": min_psnr} if min_psnr and min_psnr > 0 else {}
+        return {**limits, **self.given(), **getattr(self, fmt).given()}
+
+    @property
+    def timed(self) -> bool:
+        """A latency gate is set (latency then takes enough runs to be stable)."""
+        return any(getattr(g, n) is not None for g in (self, self.tflite, self.onnx) for n in LATENCY_GATES)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """What every command that builds and measures artifacts shares.
 
     ``eval_samples``: held-out samples fidelity is measured on (``None``: from the output size,
     64 for small outputs); ``latency_runs``: timed batch-1 runs per artifact (``None``: 50, 10
     with ``fast``); ``fast``: a quick look with a quarter of the samples; ``seed`` seeds noise,
-    shuffles, splits and training, so the same call gives the same artifacts byte for byte.
+    shuffles, splits and training, so the same call gives the same artifacts byte for byte;
+    ``gates``: limits the run's deliverable artifacts must meet (``pipelines.gates``).
     """
 
     formats: tuple[str, ...] = FORMATS
@@ -52,6 +116,7 @@ class RunConfig:
     threads: int = 1
     latency_runs: int | None = None
     fast: bool = False
+    gates: Gates = Gates()
 
     def __post_init__(self):
         if not self.formats:
@@ -182,7 +247,15 @@ class QuantizeConfig(_QuantizeStep):
 
 @dataclass(frozen=True)
 class ExportConfig(RunConfig):
-    """``export``: float32 .tflite and .onnx, measured against the Keras model."""
+    """``export``: float32 .tflite and .onnx, measured against the Keras model; ``min_psnr``:
+    the PSNR they must reach (0: not graded)."""
+
+    min_psnr: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (_finite(self.min_psnr) and self.min_psnr >= 0):
+            raise OptionError(f"--min-psnr must be a number of dB >= 0 (0 turns the guard off), got {self.min_psnr}")
 
 
 @dataclass(frozen=True)
@@ -322,6 +395,6 @@ def replace(config, **changes):
 
 
 __all__ = [
-    "RunConfig", "TrainingConfig", "QuantizeConfig", "ExportConfig", "AnalyzeConfig", "PruneConfig",
+    "RunConfig", "TrainingConfig", "Gates", "FormatGates", "QuantizeConfig", "ExportConfig", "AnalyzeConfig", "PruneConfig",
     "DistillConfig", "QAT_TRAINING", "PRUNE_TRAINING", "DISTILL_TRAINING", "default_of",
 ]

@@ -264,6 +264,49 @@ class DistillationSection(_Model):
     qat: Optional[QatSection] = None
 
 
+# --------------------------------------------------------------------------- gates and recipes
+
+
+class GateCheck(_Model):
+    """One gate on one artifact: the measured value against the limit (``None``: not measured,
+    a NaN output's PSNR; it fails)."""
+
+    artifact: str
+    format: str
+    precision: str
+    variant: Optional[str] = None
+    gate: str
+    measured: Optional[float]
+    limit: float
+    passed: bool
+
+
+class GatesSection(_Model):
+    """The gates a run's deliverable artifacts were held to (per format, the fidelity target
+    included as ``min_psnr``), every check made, and how many failed (any: exit 3)."""
+
+    limits: dict[str, dict[str, float]]
+    checks: list[GateCheck] = Field(default_factory=list)
+    failed: int = 0
+    # with a latency gate: latency re-measured in this many interleaved rounds of this many runs
+    latency_rounds: Optional[int] = None
+    latency_round_runs: Optional[int] = None
+
+    @property
+    def failures(self) -> list[GateCheck]:
+        return [c for c in self.checks if not c.passed]
+
+
+class RecipeRecord(_Model):
+    """The recipe a run was (or can be replayed as): ``gencompress run`` takes this
+    ``report.json`` or the recipe written out. ``step``: this run's place in its steps;
+    ``source``: the recipe file, when one was run."""
+
+    document: dict[str, Any]
+    step: int = 0
+    source: Optional[str] = None
+
+
 # --------------------------------------------------------------------------- the report
 
 
@@ -284,6 +327,8 @@ class Report(_Model):
     pruning: Optional[PruningSection] = None
     qat: Optional[QatSection] = None
     distillation: Optional[DistillationSection] = None
+    gates: Optional[GatesSection] = None
+    recipe: Optional[RecipeRecord] = None
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2, exclude_none=False) + "\n"

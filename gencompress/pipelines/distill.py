@@ -14,7 +14,7 @@ from gencompress.compress.distribute import is_chief, scope, strategy_info
 from gencompress.config import QAT_TRAINING, DistillConfig
 from gencompress.errors import OptionError, UnsupportedModelError
 from gencompress.pipelines.build import build_artifacts
-from gencompress.pipelines.grading import grade
+from gencompress.pipelines.gates import judge
 from gencompress.pipelines.result import Result
 from gencompress.pipelines.session import Session, make_report, prepare
 from gencompress.progress import Progress
@@ -109,7 +109,7 @@ def _distill(session: Session, teacher, config: DistillConfig, student, student_
         a.variant = "student-qat" if a.variant == "qat" else "student"
     session.artifacts.extend(derived.artifacts)
     session.failures.extend(f.model_copy(update={"variant": "student"}) for f in derived.failures)
-    grade(session.artifacts, config.min_psnr, lambda a: a.variant in ("student", "student-qat"))
+    judge(session, config.min_psnr, lambda a: a.variant in ("student", "student-qat"))
     samples = _samples(session, teacher, student_loaded)
     report = make_report(session, "distill")
     report.distillation = distillation_section(
@@ -117,7 +117,7 @@ def _distill(session: Session, teacher, config: DistillConfig, student, student_
         student_source=None if student is None else student.path,
     )
     report.distillation.qat = qat
-    return Result(report, session.files, session.cache, model=trained, subdir=subdir)
+    return Result(report, session.files, session.cache, previews=session.previews, model=trained, subdir=subdir)
 
 
 def _samples(session: Session, teacher, student, n: int = 16) -> str | None:

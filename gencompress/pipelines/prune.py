@@ -13,7 +13,7 @@ from gencompress.compress.pruning import RUNTIME_NOTE, prune_model, pruned_kerne
 from gencompress.config import PruneConfig
 from gencompress.errors import UnsupportedModelError
 from gencompress.pipelines.build import build_artifacts
-from gencompress.pipelines.grading import grade
+from gencompress.pipelines.gates import judge
 from gencompress.pipelines.result import Result
 from gencompress.pipelines.session import Session, make_report, prepare
 from gencompress.progress import Progress
@@ -76,12 +76,12 @@ def _prune(session: Session, model, config: PruneConfig, strategy) -> Result:
         from gencompress.pipelines.qat import qat_after_pruning
 
         qat = qat_after_pruning(pruned_loaded, session, QAT_TRAINING, strategy=strategy)
-    grade(session.artifacts, config.min_psnr, lambda a: a.variant == "pruned-qat" or (a.variant == "pruned" and a.precision != "float32"))
+    judge(session, config.min_psnr, lambda a: a.variant == "pruned-qat" or (a.variant == "pruned" and a.precision != "float32"))
     report = make_report(session, "prune")
     report.pruning = pruning_section(info, session.artifacts, saved, model, pruned_kernels(pruned, info.layers))
     report.pruning.distribute = strategy_info(strategy)
     report.qat = qat
-    return Result(report, session.files, session.cache, model=pruned)
+    return Result(report, session.files, session.cache, previews=session.previews, model=pruned)
 
 
 def pruning_section(info, artifacts, saved: Path, model, kernels: dict) -> PruningSection:

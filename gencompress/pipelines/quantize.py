@@ -6,7 +6,7 @@ from gencompress.calibration import Calibration
 from gencompress.config import AnalyzeConfig, ExportConfig, QuantizeConfig
 from gencompress.errors import GencompressError, UnsupportedModelError
 from gencompress.pipelines.build import build_artifacts, float_onnx, quantize_onnx_calibrated, tflite_calibrated
-from gencompress.pipelines.grading import grade
+from gencompress.pipelines.gates import judge
 from gencompress.pipelines.result import Result
 from gencompress.pipelines.session import Session, make_report, prepare
 from gencompress.progress import Progress
@@ -34,16 +34,16 @@ def quantize(model, config: QuantizeConfig | None = None, calibration: Calibrati
             section = section.model_copy(update={"comparison": compare_ptq_qat(session.artifacts, "qat")})
             shipped = _shipped(session.artifacts, config.min_psnr, auto)
             # float32 and the shipped artifacts graded; the others are the reference
-            grade(session.artifacts, config.min_psnr, lambda a: (a.precision == "float32" and not a.variant) or shipped(a))
+            judge(session, config.min_psnr, lambda a: (a.precision == "float32" and not a.variant) or shipped(a))
             report = make_report(session, "quantize")
             report.qat = section
         else:
-            grade(session.artifacts, config.min_psnr)
+            judge(session, config.min_psnr)
             report = make_report(session, "quantize")
     except BaseException:
         session.cache.close()
         raise
-    return Result(report, session.files, session.cache)
+    return Result(report, session.files, session.cache, previews=session.previews)
 
 
 FAST_COMPUTE = ("int8", "mixed")
@@ -107,15 +107,16 @@ def _check_qat(model) -> None:
 
 def export(model, config: ExportConfig | None = None, calibration: Calibration | None = None, progress: Progress | None = None) -> Result:
     """Float32 ``.tflite`` and ``.onnx``, measured against the Keras model."""
-    session = prepare(model, config or ExportConfig(), calibration, progress)
+    config = config or ExportConfig()
+    session = prepare(model, config, calibration, progress)
     try:
         build_artifacts(session, ["float32"])
-        grade(session.artifacts, 0.0)
+        judge(session, config.min_psnr)
         report = make_report(session, "export")
     except BaseException:
         session.cache.close()
         raise
-    return Result(report, session.files, session.cache)
+    return Result(report, session.files, session.cache, previews=session.previews)
 
 
 def analyze(model, config: AnalyzeConfig | None = None, calibration: Calibration | None = None, progress: Progress | None = None) -> Result:

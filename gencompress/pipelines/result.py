@@ -32,10 +32,11 @@ class Result:
     derived Keras ``model`` (pruned model or student, else ``None``). The files stay in a scratch
     folder until ``save`` writes them; the folder goes with this object."""
 
-    def __init__(self, report: Report, files: dict[str, Path], cache, model=None, subdir: str | None = None):
+    def __init__(self, report: Report, files: dict[str, Path], cache, model=None, subdir: str | None = None, previews=None):
         self.report = report
         self.files = dict(files)
         self.model = model
+        self.previews = previews  # outputs of a few held-out samples per artifact, for report.html
         self._cache = cache  # keeps the scratch folder alive
         self._subdir = subdir  # a non-chief multi-worker run writes into <out>/worker-<i>
 
@@ -49,9 +50,11 @@ class Result:
         return not self.report.failures and all(a.passed is not False for a in self.report.artifacts)
 
     def save(self, output_dir: str | os.PathLike) -> Path:
-        """Write the artifacts, any derived model and picture, ``report.json`` and ``report.md``
-        into ``output_dir``, all together (see ``artifacts.save_files``). Returns the folder."""
+        """Write the artifacts, any derived model and picture, ``report.json``, ``report.md`` and
+        ``report.html`` into ``output_dir``, all together (see ``artifacts.save_files``).
+        Returns the folder."""
         from gencompress.artifacts import save_files
+        from gencompress.report.html import render_html
         from gencompress.report.render import markdown
 
         out = Path(output_dir) / self._subdir if self._subdir else Path(output_dir)
@@ -61,6 +64,7 @@ class Result:
             **self.files,
             "report.json": self.report.to_json().encode(),
             "report.md": markdown(report).encode(),
+            "report.html": render_html(report, self.previews).encode(),
         }
         save_files(files, out)
         return out

@@ -18,7 +18,7 @@ import numpy as np
 from gencompress.calibration import Calibration, CalibrationSet
 from gencompress.config import RunConfig
 from gencompress.progress import Progress
-from gencompress.results import ArtifactResult, CalibrationInfo, DataInfo, Failure, Fidelity, Latency, ModelInfo, Report
+from gencompress.results import ArtifactResult, CalibrationInfo, DataInfo, Failure, Fidelity, GatesSection, Latency, ModelInfo, Report
 
 _EXT = {"tflite": ".tflite", "onnx": ".onnx"}
 
@@ -33,6 +33,8 @@ FAST_SHARE, FAST_MIN = 4, 8
 LATENCY_RUNS, FAST_LATENCY_RUNS = 50, 10
 # Seconds of latency measurement per artifact at most (warm-up included), and with ``fast``.
 LATENCY_SECONDS, FAST_LATENCY_SECONDS = 5.0, 2.0
+# Held-out samples whose outputs report.html shows, per artifact (kept in memory, not in report.json).
+PREVIEW_SAMPLES = 8
 
 
 def auto_sample_counts(model, fast: bool = False) -> tuple[int, int]:
@@ -69,6 +71,19 @@ class RunCache:
 
 
 @dataclass
+class Previews:
+    """The float model's outputs and each artifact's (by file name) on the first few held-out
+    samples: what report.html draws."""
+
+    reference: list[np.ndarray]
+    output_range: tuple[float, float]
+    outputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def keep(self, name: str, outputs: list[np.ndarray]) -> None:
+        self.outputs[name] = [np.asarray(o[:PREVIEW_SAMPLES]) for o in outputs]
+
+
+@dataclass
 class Session:
     """A model with its data and float reference, ready to build and measure artifacts."""
 
@@ -85,6 +100,8 @@ class Session:
     float_sizes: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     files: dict = field(default_factory=dict)  # name → path in the workdir: what Result.save writes
+    previews: Previews | None = field(default=None, repr=False)  # shared with derived sessions
+    gate_section: GatesSection | None = None
     progress: Progress = field(default_factory=Progress.silent, repr=False)
     cache: RunCache = field(default_factory=RunCache, repr=False)
 
@@ -147,6 +164,7 @@ def prepare(model, config: RunConfig, calibration: Calibration | None = None, pr
     else:
         output_range, source = measured_output_range(reference), "measured on the evaluation set"
     session = Session(model, resolved, calibration.with_samples(used_calib), calib, held, reference, output_range, source, progress=progress)
+    session.previews = Previews([r[:PREVIEW_SAMPLES] for r in reference], tuple(float(x) for x in output_range))
     session.notes = _count_notes(config, calibration, session, used_calib)
     return session
 
@@ -211,6 +229,8 @@ def evaluate_artifact(session: Session, path: Path, fmt: str, precision: str, me
         if outputs is None:
             outputs = runner.run_all(session.evaluation, on_sample=phase.update)
         quality = fidelity(session.reference, outputs, session.output_range)
+        if session.previews is not None:
+            session.previews.keep(path.name, outputs)
         phase.describe(f"PSNR {quality['psnr_db']} dB")
     size = sizes(path)
     if precision == "float32":  # the first float32 artifact of a format (the original) is the size reference
@@ -264,6 +284,7 @@ def make_report(session: Session, command: str, settings: dict | None = None) ->
         artifacts=session.artifacts,
         failures=session.failures,
         notes=session.notes,
+        gates=session.gate_section,
     )
 
 

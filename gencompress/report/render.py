@@ -138,3 +138,47 @@ def sensitivity_table(report: dict, markdown: bool = False) -> str:
 
 def _opt(x, fmt="{:.2f}") -> str:
     return "-" if x is None else fmt.format(x)
+
+
+# --------------------------------------------------------------------------- gates
+
+GATE_WORDS = {
+    "min_psnr": ("PSNR", "dB", "at least"),
+    "min_ssim": ("SSIM", "", "at least"),
+    "max_bytes": ("size", "bytes", "at most"),
+    "max_size_ratio": ("size vs float", "", "at most"),
+    "min_speedup": ("speed-up over float", "x", "at least"),
+    "max_latency_ms": ("p50 latency", "ms", "at most"),
+}
+
+
+def gate_value(x, gate: str) -> str:
+    if x is None:
+        return "not measured"
+    return f"{int(x):,}" if gate == "max_bytes" else f"{x:.4g}"
+
+
+def gate_line(check: dict) -> str:
+    """``dcgan.int8.onnx: size 88,371 bytes, limit at most 80,000 (--max-bytes)``."""
+    what, unit, bound = GATE_WORDS[check["gate"]]
+    sep = "" if unit == "x" else " "
+    measured = gate_value(check["measured"], check["gate"]) + (f"{sep}{unit}" if unit and check["measured"] is not None else "")
+    option = "--" + check["gate"].replace("_", "-")
+    return f"{check['artifact']}: {what} {measured}, limit {bound} {gate_value(check['limit'], check['gate'])} ({option})"
+
+
+def gate_failures_table(report: dict) -> str:
+    """The failed gates as a terminal table: artifact, gate, measured value, limit."""
+    section = report.get("gates") or {}
+    failed = [c for c in section.get("checks", []) if not c["passed"]]
+    if not failed:
+        return ""
+    rows = [["artifact", "gate", "measured", "limit"]] + [
+        [c["artifact"], "--" + c["gate"].replace("_", "-"), gate_value(c["measured"], c["gate"]),
+         f"{GATE_WORDS[c['gate']][2]} {gate_value(c['limit'], c['gate'])}"]
+        for c in failed
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return f"gates failed ({len(failed)}):\n" + "\n".join(lines)

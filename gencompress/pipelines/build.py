@@ -7,6 +7,8 @@ attempt (``RunCache``).
 
 from __future__ import annotations
 
+import functools
+
 from pathlib import Path
 
 from gencompress.compress.quantization import (
@@ -187,10 +189,10 @@ def transformed(session: Session, kind: str):
     """A function-equal copy of the session's model made for quantizing (``subpixel``: strided
     transposed convolutions as convolutions), or ``None`` when it changes nothing or does not
     match the model's outputs. Made once per run."""
-    key = ("transformed", kind)
+    key = (kind, id(session.model))  # a run may quantize a derived model (pruned, student) too
     if key not in session.cache.transforms:
-        session.cache.transforms[key] = _transform(session, kind)
-    return session.cache.transforms[key]
+        session.cache.transforms[key] = (session.model, _transform(session, kind))  # held: ids stay unique
+    return session.cache.transforms[key][1]
 
 
 def _transform(session: Session, kind: str):
@@ -245,6 +247,12 @@ def tflite_candidates(session: Session) -> Candidates:
         # the run's float32 artifact of this model is already written: no second conversion
         return Path(artifact(session, "tflite").path).read_bytes()
 
+    @functools.cache
+    def float_undelegated() -> frozenset:
+        # an op XNNPACK leaves out of the float model too (a resize of a shape computed at run
+        # time) costs int8 nothing against float: only what int8 adds is slow
+        return frozenset(tflite_undelegated_ops(float_tflite()))
+
     return Candidates(
         fmt="tflite",
         units=mixed.units,
@@ -256,7 +264,7 @@ def tflite_candidates(session: Session) -> Candidates:
         ],
         float_units=lambda data: tflite_float_ops(data, layer_names),
         denied_by_type=frozenset(TFLITE_OPS_DENIED_BY_TYPE),
-        slow_ops=tflite_undelegated_ops,
+        slow_ops=lambda data: tflite_undelegated_ops(data) - float_undelegated(),
         companions=mixed.companions,
     )
 

@@ -87,12 +87,12 @@ def _prune(session: Session, model, config: PruneConfig, strategy) -> Result:
 def pruning_section(info, artifacts, saved: Path, model, kernels: dict) -> PruningSection:
     section = info.to_dict()
     total_params = int(model.params)
-    originals = {(a.format, a.precision): a for a in artifacts if not a.variant}
+    originals = {(a.format, _slot(a)): a for a in artifacts if not a.variant}
     rows, stored = [], []
     for a in artifacts:
         if a.variant != "pruned":
             continue
-        base = originals.get((a.format, a.precision))
+        base = originals.get((a.format, _slot(a)))
         rows.append(
             {
                 "format": a.format,
@@ -117,6 +117,11 @@ def pruning_section(info, artifacts, saved: Path, model, kernels: dict) -> Pruni
         artifact_sparsity=stored,
         runtime_note=RUNTIME_NOTE,
     )
+
+
+def _slot(artifact) -> str:
+    """The mode an artifact was made for: the int8 search may settle on mixed or weight-only."""
+    return "int8" if artifact.fallback or artifact.smallest_int8_search else artifact.precision
 
 
 def _chosen(artifact) -> str | None:

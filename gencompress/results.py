@@ -75,6 +75,57 @@ class SearchRecord(_Model):
     most_harmful_units: list[HarmfulUnit] = Field(default_factory=list)
 
 
+class RuntimeNode(_Model):
+    """A compute node onnxruntime runs in float: its (optimized-graph) name, op type, the Keras
+    layers in its name, and its median time per run when profiled."""
+
+    name: str
+    op: str
+    layers: list[str] = Field(default_factory=list)
+    ms: Optional[float] = None
+
+
+class OpTime(_Model):
+    """Median time per run of one op type (all its nodes together) in onnxruntime's profiler."""
+
+    op: str
+    nodes: int
+    ms: float
+
+
+class RuntimeBreakdown(_Model):
+    """Where one batch-1 run's time goes in onnxruntime (its profiler, medians over ``runs``).
+
+    ``call_ms``: ``session.run`` as Python sees it; ``run_ms``: the run inside onnxruntime;
+    ``kernels_ms``: the nodes' kernels together (``quantize_ms`` of it in Quantize/Dequantize).
+    What is left, ``call_ms - kernels_ms``, is per-call and per-node overhead, not arithmetic.
+    ``explanation``: one line saying which dominates."""
+
+    runs: int
+    call_ms: float
+    run_ms: float
+    kernels_ms: float
+    quantize_ms: float
+    by_op: list[OpTime]
+    explanation: str
+
+
+class RuntimeGraph(_Model):
+    """What onnxruntime runs for an ONNX artifact on the CPU after its graph optimizations (the
+    same session options as the latency measurement): nodes fused into int8 kernels, compute
+    nodes left in float, and the Quantize/Dequantize nodes that remain. Read from the optimized
+    graph, so the same artifact always gives the same summary; ``breakdown`` (timings) only when
+    profiled."""
+
+    onnxruntime: str
+    optimization_level: str
+    int8_kernels: dict[str, int]
+    float_nodes: list[RuntimeNode]
+    quantize_nodes: int
+    dequantize_nodes: int
+    breakdown: Optional[RuntimeBreakdown] = None
+
+
 class ArtifactResult(_Model):
     """One written artifact: its file, size, latency and fidelity against the float model.
 
@@ -97,6 +148,7 @@ class ArtifactResult(_Model):
     notes: list[str] = Field(default_factory=list)
     fallback: Optional[SearchRecord] = None
     smallest_int8_search: Optional[SearchRecord] = None
+    runtime: Optional[RuntimeGraph] = None  # quantized ONNX artifacts: what onnxruntime runs
 
     @property
     def name(self) -> str:

@@ -94,18 +94,25 @@ class OpTime(_Model):
 
 
 class RuntimeBreakdown(_Model):
-    """Where one batch-1 run's time goes in onnxruntime (its profiler, medians over ``runs``).
+    """Where one batch-1 run's time goes in onnxruntime.
 
-    ``call_ms``: ``session.run`` as Python sees it; ``run_ms``: the run inside onnxruntime;
-    ``kernels_ms``: the nodes' kernels together (``quantize_ms`` of it in Quantize/Dequantize).
-    What is left, ``call_ms - kernels_ms``, is per-call and per-node overhead, not arithmetic.
-    ``explanation``: one line saying which dominates."""
+    ``call_ms``: ``session.run`` as Python sees it (median over ``runs``, no profiler);
+    ``floor_ms``: the same for a one-node graph on the same inputs, what any call costs.
+    From onnxruntime's profiler (which adds a little to every node, so shares matter more than
+    sums): ``kernels_ms`` for all ``nodes`` together, of it ``compute_ms`` in nodes that do
+    arithmetic (int8 kernels and float compute), ``quantize_ms`` in Quantize/Dequantize (of it
+    ``weight_dequantize_ms`` dequantizing constant int8 weights, which onnxruntime does on every
+    call for the nodes it runs in float), the rest in data movement; ``by_op`` per op type.
+    ``explanation``: which dominates, in a line."""
 
     runs: int
     call_ms: float
-    run_ms: float
+    floor_ms: float
+    nodes: int
     kernels_ms: float
+    compute_ms: float
     quantize_ms: float
+    weight_dequantize_ms: float
     by_op: list[OpTime]
     explanation: str
 

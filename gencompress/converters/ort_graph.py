@@ -29,6 +29,7 @@ DATA_MOVEMENT = {
     "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Gather", "GatherElements",
     "GatherND", "Split", "Expand", "Tile", "Identity", "Shape", "Size", "Cast", "Constant",
     "ConstantOfShape", "Concat", "DepthToSpace", "SpaceToDepth", "Pad",
+    "ReorderInput", "ReorderOutput",  # onnxruntime's blocked (NCHWc) layout for float convolutions
 }
 # Integer kernels not named QLinear*: int8 in, int8 (QGemm with an output scale), int32 or float out.
 INT8_KERNELS = {"QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention", "DynamicQuantizeLSTM"}
@@ -180,64 +181,107 @@ def _layers_in_name(name: str, layer_names) -> list[str]:
 
 
 def profile(model, sample: dict, runs: int = 50, max_seconds: float = 3.0, threads: int = 1) -> tuple[RuntimeBreakdown, dict[str, float]]:
-    """Where a batch-1 run of ``model`` spends its time: onnxruntime's profiler over up to
-    ``runs`` runs (within ``max_seconds``) after warm-up. Returns the breakdown and each node's
-    median milliseconds by node name."""
+    """Where a batch-1 run of ``model`` (bytes or path) spends its time: plain calls timed as the
+    latency protocol does, a one-node graph's calls for the per-call floor, then onnxruntime's
+    profiler; each up to ``runs`` runs within its share of ``max_seconds``. Returns the
+    breakdown and each node's median milliseconds in the profile, by node name."""
     import onnxruntime as ort
 
+    source = _source(model)
+    call = _median_call(ort.InferenceSession(source, onnx_session_options(threads), providers=ONNX_PROVIDERS), sample, runs, max_seconds / 3)
+    floor = _median_call(_one_node_session(source, threads), sample, runs, max_seconds / 6)
     options = onnx_session_options(threads)
     options.enable_profiling = True
     with tempfile.TemporaryDirectory(prefix="gencompress-profile-") as tmp:
         options.profile_file_prefix = os.path.join(tmp, "profile")
-        session = ort.InferenceSession(_source(model), options, providers=ONNX_PROVIDERS)
-        feed = {i.name: sample[i.name] for i in session.get_inputs()}
-        for _ in range(3):
-            session.run(None, feed)
-        calls, start = [], time.perf_counter()
-        while len(calls) < runs and (len(calls) < 5 or time.perf_counter() - start < max_seconds):
-            t0 = time.perf_counter()
-            session.run(None, feed)
-            calls.append((time.perf_counter() - t0) * 1000.0)
+        session = ort.InferenceSession(source, options, providers=ONNX_PROVIDERS)
+        profiled = len(_calls(session, sample, runs, max_seconds / 2))
         events = json.loads(Path(session.end_profiling()).read_text())
-    return _breakdown(events, calls)
+    graph = optimized_graph(model).graph
+    return _breakdown(events, profiled, call, floor, classify(graph), _weight_dequantizers(graph))
 
 
-def _breakdown(events: list, calls: list[float]) -> tuple[RuntimeBreakdown, dict[str, float]]:
-    n = len(calls)
-    # the profile holds every run, warm-up included: keep each node's and the runs' last n
+def _weight_dequantizers(graph) -> set[str]:
+    """DequantizeLinear nodes left on constant weights: onnxruntime folds none of them, so a node
+    that runs in float pays for dequantizing its int8 weights on every call."""
+    constants = {i.name for i in graph.initializer}
+    return {n.name for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in constants}
+
+
+def _calls(session, sample: dict, runs: int, seconds: float) -> list[float]:
+    feed = {i.name: sample[i.name] for i in session.get_inputs()}
+    for _ in range(3):
+        session.run(None, feed)
+    calls, start = [], time.perf_counter()
+    while len(calls) < runs and (len(calls) < 5 or time.perf_counter() - start < seconds):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        calls.append((time.perf_counter() - t0) * 1000.0)
+    return calls
+
+
+def _median_call(session, sample: dict, runs: int, seconds: float) -> float:
+    return statistics.median(_calls(session, sample, runs, seconds))
+
+
+def _one_node_session(source, threads: int):
+    """A session over a graph that passes the model's first input through one Identity node."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    model = onnx.load_from_string(source) if isinstance(source, (bytes, bytearray)) else onnx.load(source)
+    inputs = [i for i in model.graph.input if i.name not in {init.name for init in model.graph.initializer}]
+    out = helper.make_tensor_value_info("floor_output", inputs[0].type.tensor_type.elem_type, None)
+    graph = helper.make_graph([helper.make_node("Identity", [inputs[0].name], ["floor_output"])], "floor", inputs, [out])
+    floor = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return ort.InferenceSession(floor.SerializeToString(), onnx_session_options(threads), providers=ONNX_PROVIDERS)
+
+
+def _breakdown(events: list, runs: int, call: float, floor: float, kinds: dict[str, str], weight_dq: set[str] = frozenset()) -> tuple[RuntimeBreakdown, dict[str, float]]:
+    # the profile holds every run, warm-up included: keep each node's last ``runs``
     per_node: dict[str, list[float]] = {}
     op_of: dict[str, str] = {}
-    run_us = [e["dur"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"][-n:]
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
             name = e["name"][: -len("_kernel_time")]
             per_node.setdefault(name, []).append(e["dur"])
             op_of[name] = e.get("args", {}).get("op_name", "?")
-    node_ms = {k: statistics.median(v[-n:]) / 1000.0 for k, v in per_node.items()}
+    node_ms = {k: statistics.median(v[-runs:]) / 1000.0 for k, v in per_node.items()}
     by_op: dict[str, list[float]] = {}
     for name, ms in node_ms.items():
         by_op.setdefault(op_of[name], []).append(ms)
     kernels = sum(node_ms.values())
+    compute = sum(ms for name, ms in node_ms.items() if kinds.get(name) in ("int8", "float"))
     quantize = sum(ms for name, ms in node_ms.items() if op_of[name] in QUANTIZE_OPS)
-    call, run = statistics.median(calls), statistics.median(run_us) / 1000.0 if run_us else 0.0
+    weights = sum(ms for name, ms in node_ms.items() if name in weight_dq)
     rows = sorted((OpTime(op=op, nodes=len(v), ms=round(sum(v), 4)) for op, v in by_op.items()), key=lambda r: (-r.ms, r.op))
     breakdown = RuntimeBreakdown(
-        runs=n, call_ms=round(call, 4), run_ms=round(run, 4), kernels_ms=round(kernels, 4),
-        quantize_ms=round(quantize, 4), by_op=rows, explanation=_explain(call, kernels, quantize, len(node_ms)),
+        runs=runs, call_ms=round(call, 4), floor_ms=round(floor, 4), nodes=len(node_ms), kernels_ms=round(kernels, 4),
+        compute_ms=round(compute, 4), quantize_ms=round(quantize, 4), weight_dequantize_ms=round(weights, 4), by_op=rows,
+        explanation=_explain(call, floor, kernels, compute, quantize, weights, len(node_ms), rows),
     )
     return breakdown, {k: round(v, 4) for k, v in node_ms.items()}
 
 
-def _explain(call: float, kernels: float, quantize: float, nodes: int) -> str:
-    overhead = max(0.0, call - kernels)
-    if call > 0 and overhead >= 0.5 * call:
+def _explain(call: float, floor: float, kernels: float, compute: float, quantize: float, weights: float, nodes: int, rows: list[OpTime]) -> str:
+    """Which cost dominates, first match: the fixed cost of any call, Q/DQ conversions, data
+    movement, else arithmetic (the op type with the most time)."""
+    kernels = max(kernels, 1e-9)
+    if floor >= 0.3 * call:
         return (
-            f"overhead-bound: of {call:.3f} ms per call, the {nodes} kernels take {kernels:.3f} ms; the rest is "
-            f"onnxruntime's per-call and per-node cost, which int8 does not reduce"
+            f"overhead-bound: a call takes {call:.3f} ms, {floor:.3f} ms of it what a one-node graph's call costs; "
+            f"the {nodes} nodes' kernels are not where the time goes, and int8 does not reduce that cost"
         )
-    if kernels > 0 and quantize >= 0.25 * kernels:
-        return f"conversion-bound: Quantize/Dequantize take {quantize:.3f} of {kernels:.3f} ms of kernel time"
-    return f"compute-bound: the {nodes} kernels take {kernels:.3f} of {call:.3f} ms per call"
+    if quantize >= 0.25 * kernels:
+        return (
+            f"conversion-bound: Quantize/Dequantize take {100 * quantize / kernels:.0f} % of the nodes' time in the profile, "
+            f"{100 * weights / kernels:.0f} % dequantizing constant int8 weights on every call"
+        )
+    if compute < 0.5 * kernels:
+        return f"movement-bound: {100 * (kernels - compute - quantize) / kernels:.0f} % of the nodes' time moves data (no arithmetic)"
+    top = next((r for r in rows if r.op not in QUANTIZE_OPS and r.op not in DATA_MOVEMENT), rows[0])
+    return f"compute-bound: {100 * compute / kernels:.0f} % of the nodes' time is arithmetic, {100 * top.ms / kernels:.0f} % in {top.op}"
 
 
 def with_costs(graph: RuntimeGraph, breakdown: RuntimeBreakdown, node_ms: dict[str, float]) -> RuntimeGraph:

@@ -1,0 +1,169 @@
+"""What onnxruntime runs for an ONNX artifact (converters/ort_graph.py): read from the graph it
+optimizes and from its profiler, on real quantizations of tiny models."""
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from gencompress.converters.onnx import Int8Layout, quantize_onnx
+from gencompress.converters.ort_graph import classify, float_compute_nodes, optimized_graph, profile, runtime_graph
+
+
+class _Calibration:
+    def __init__(self, arrays):
+        self.arrays = arrays
+
+    def samples(self):
+        n = len(next(iter(self.arrays.values())))
+        for i in range(n):
+            yield {k: v[i : i + 1] for k, v in self.arrays.items()}
+
+
+def _conv_net(residual: bool):
+    """x → Conv → Relu → Conv (→ + x) → Neg: a residual makes the first activation feed two nodes."""
+    rng = np.random.default_rng(0)
+    inits = {f"w{i}": rng.normal(0, 0.3, (4, 4, 3, 3)) for i in (1, 2)} | {f"b{i}": rng.normal(0, 0.1, 4) for i in (1, 2)}
+    # tensors named like tf2onnx's, after the Keras layer that makes them
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["block/conv1:0"], name="block/conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["block/conv1:0"], ["block/relu1:0"], name="block/relu1"),
+        helper.make_node("Conv", ["block/relu1:0", "w2", "b2"], ["block/conv2:0"], name="block/conv2", pads=[1, 1, 1, 1]),
+    ]
+    last = "block/conv2:0"
+    if residual:
+        nodes.append(helper.make_node("Add", [last, "x"], ["block/add:0"], name="block/add"))
+        last = "block/add:0"
+    nodes.append(helper.make_node("Neg", [last], ["y"], name="head/negate"))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return _Calibration({"x": np.random.default_rng(1).normal(size=(16, 4, 8, 8)).astype(np.float32)})
+
+
+def test_float_model_runs_every_compute_node_in_float():
+    graph = runtime_graph(_conv_net(False), ["block", "head"])
+    assert graph.int8_kernels == {} and graph.quantize_nodes == graph.dequantize_nodes == 0
+    # onnxruntime runs float Convs in its blocked layout (the Relu fused in, nodes named after
+    # their outputs): the optimized graph is what is reported, its layout changes are not
+    assert [(n.op, n.name, n.layers) for n in graph.float_nodes] == [
+        ("Conv", "block/relu1:0_nchwc", ["block"]), ("Conv", "block/conv2:0_nchwc", ["block"]), ("Neg", "head/negate", ["head"]),
+    ]
+    assert float_compute_nodes(_conv_net(False)) == {"Conv", "Neg"}
+
+
+def test_int8_model_int8_kernels_and_what_stays_float(calibration):
+    data = quantize_onnx(_conv_net(False), "int8", calibration)
+    graph = runtime_graph(data)
+    assert graph.int8_kernels == {"QLinearConv": 2}
+    assert [(n.op, n.name) for n in graph.float_nodes] == [("Neg", "head/negate")]  # no int8 Neg in onnxruntime
+    assert graph.quantize_nodes == 1 and graph.dequantize_nodes == 1  # the input's, and the one before the Neg
+    assert float_compute_nodes(data) == {"Neg"}
+    assert runtime_graph(data) == graph  # read from the graph: the same answer every time
+
+
+def test_int8_activations_leave_a_shared_conv_input_in_float(calibration):
+    """With int8 activations onnxruntime converts Q/DQ pairs to uint8 for its x86 kernels; the
+    input that feeds both the Conv and the residual Add cannot be converted, so that Conv runs in
+    float. uint8 activations run both Convs in int8. int8 stays the default: it is what every
+    int8 ``.onnx`` has been so far."""
+    signed = runtime_graph(quantize_onnx(_conv_net(True), "int8", calibration))
+    unsigned = runtime_graph(quantize_onnx(_conv_net(True), "int8", calibration, layout=Int8Layout(activations="uint8")))
+    assert "Conv" in {n.op for n in signed.float_nodes} and signed.int8_kernels.get("QLinearConv") == 1
+    assert unsigned.int8_kernels["QLinearConv"] == 2 and {n.op for n in unsigned.float_nodes} == {"Neg"}
+
+
+def test_dense_weights_are_per_tensor_and_conv_weights_per_channel(calibration):
+    import onnx
+
+    rng = np.random.default_rng(2)
+    inits = {"w": rng.normal(size=(4, 4, 3, 3)), "m": rng.normal(size=(256, 16))}
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Flatten", ["c"], ["f"], name="flat"),
+        helper.make_node("MatMul", ["f", "m"], ["y"], name="dense"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
+    )
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    scales = {}
+    for layout in (Int8Layout(dense_per_tensor=True), Int8Layout()):
+        q = onnx.load_from_string(quantize_onnx(data, "int8", calibration, layout=layout)).graph
+        scales[layout.dense_per_tensor] = {i.name: list(i.dims) for i in q.initializer if i.name.endswith("_scale") and i.name[0] in "wm"}
+    assert scales[True] == {"w_scale": [4], "m_scale": []}
+    assert scales[False] == {"w_scale": [4], "m_scale": [16]}
+
+
+def test_classify_names_each_kind(calibration):
+    graph = optimized_graph(quantize_onnx(_conv_net(False), "int8", calibration)).graph
+    kinds = classify(graph)
+    assert sorted(k for k, v in kinds.items() if v == "float") == ["head/negate"]
+    assert {n.op_type for n in graph.node if kinds[n.name] == "move"} == {"Transpose"}  # to and from channels-last
+    assert {n.op_type for n in graph.node if kinds[n.name] == "quantize"} == {"QuantizeLinear", "DequantizeLinear"}
+
+
+def test_profile_breakdown_adds_up(calibration):
+    data = quantize_onnx(_conv_net(False), "int8", calibration)
+    breakdown, node_ms = profile(data, {"x": calibration.arrays["x"][:1]}, runs=30, max_seconds=3.0)
+    assert breakdown.runs >= 5 and breakdown.nodes == len(node_ms) >= 4
+    assert 0 < breakdown.floor_ms < breakdown.call_ms
+    assert sum(r.nodes for r in breakdown.by_op) == breakdown.nodes
+    assert abs(sum(r.ms for r in breakdown.by_op) - breakdown.kernels_ms) < 1e-3
+    assert breakdown.quantize_ms <= breakdown.kernels_ms and breakdown.compute_ms <= breakdown.kernels_ms
+    assert breakdown.explanation.split(":")[0] in ("overhead-bound", "conversion-bound", "movement-bound", "compute-bound")
+    assert "head/negate" in node_ms
+
+
+def _conv_transpose_net():
+    """x → ConvTranspose (stride 2): onnxruntime's CPU provider has no int8 ConvTranspose."""
+    w = np.random.default_rng(3).normal(0, 0.3, (4, 256, 3, 3)).astype(np.float32)  # big enough to time
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up/conv_transpose", strides=[2, 2], pads=[1, 1, 0, 0])
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+def test_weights_of_a_float_node_are_dequantized_on_every_call(calibration):
+    """A ConvTranspose stays float in int8: its int8 weights keep a DequantizeLinear that runs
+    on every call, and the profile counts its time apart. The int8 Convs fold theirs away."""
+    from gencompress.converters.ort_graph import _weight_dequantizers
+
+    data = quantize_onnx(_conv_transpose_net(), "int8", calibration)
+    graph = runtime_graph(data, ["up"])
+    assert graph.int8_kernels == {} and [(n.op, n.layers) for n in graph.float_nodes] == [("ConvTranspose", ["up"])]
+    assert graph.quantize_nodes == 2 and graph.dequantize_nodes == 3  # the input's and output's pairs, the weights' DQ
+    dequantizers = _weight_dequantizers(optimized_graph(data).graph)
+    assert dequantizers == {"w_DequantizeLinear"}
+    assert _weight_dequantizers(optimized_graph(quantize_onnx(_conv_net(False), "int8", calibration)).graph) == set()
+    breakdown, node_ms = profile(data, {"x": calibration.arrays["x"][:1]}, runs=20, max_seconds=2.0)
+    assert breakdown.weight_dequantize_ms == node_ms["w_DequantizeLinear"] > 0
+    assert breakdown.weight_dequantize_ms < breakdown.quantize_ms <= breakdown.kernels_ms
+
+
+@pytest.mark.parametrize(
+    "times, expected",
+    [
+        # call, floor, kernels, compute, quantize, weights
+        ((0.010, 0.004, 0.005, 0.004, 0.0, 0.0), "overhead-bound: a call takes 0.010 ms, 0.004 ms of it"),
+        ((1.0, 0.01, 0.9, 0.5, 0.3, 0.2), "conversion-bound: Quantize/Dequantize take 33 % of the nodes' time in the profile, 22 % dequantizing"),
+        ((1.0, 0.01, 0.9, 0.4, 0.1, 0.0), "movement-bound: 44 % of the nodes' time moves data"),
+        ((1.0, 0.01, 0.9, 0.8, 0.05, 0.0), "compute-bound: 89 % of the nodes' time is arithmetic, 67 % in QLinearConv"),
+    ],
+)
+def test_explanation_names_what_dominates(times, expected):
+    from gencompress.converters.ort_graph import _explain
+    from gencompress.results import OpTime
+
+    rows = [OpTime(op="QuantizeLinear", nodes=1, ms=0.7), OpTime(op="QLinearConv", nodes=2, ms=0.6)]
+    assert _explain(*times, nodes=3, rows=rows).startswith(expected)

@@ -1,5 +1,8 @@
-"""What onnxruntime runs for an ONNX artifact (converters/ort_graph.py): read from the graph it
-optimizes and from its profiler, on real quantizations of tiny models."""
+"""What onnxruntime runs for an ONNX artifact (converters/ort_graph.py), in the report and in
+``inspect``: read from the graph it optimizes and from its profiler, on real quantizations of tiny
+models."""
+
+import re
 
 import numpy as np
 import pytest
@@ -167,3 +170,68 @@ def test_explanation_names_what_dominates(times, expected):
 
     rows = [OpTime(op="QuantizeLinear", nodes=1, ms=0.7), OpTime(op="QLinearConv", nodes=2, ms=0.6)]
     assert _explain(*times, nodes=3, rows=rows).startswith(expected)
+
+
+def test_quantize_report_says_what_onnxruntime_runs(dcgan, tmp_path, monkeypatch):
+    """Every quantized ONNX artifact of a run carries ``runtime``; the tiny DCGAN's plain int8
+    keeps its ConvTranspose in float, and the notes name them with their Keras layers and cost.
+    The profile is taken when int8 is under 1.3× float's speed: here always, so it is tested."""
+    import json
+
+    import gencompress as gc
+    from gencompress.pipelines import session as session_module
+
+    monkeypatch.setattr(session_module, "PROFILE_BELOW_SPEEDUP", 1e9)
+    result = gc.quantize(dcgan, gc.QuantizeConfig(min_psnr=0, formats=("onnx",), latency_runs=5), gc.Calibration.noise(32, seed=0))
+    onnx_float, onnx_int8 = result.report.artifacts
+    assert onnx_float.runtime is None
+    runtime = onnx_int8.runtime
+    assert runtime.optimization_level == "all" and runtime.int8_kernels == {"QLinearLeakyRelu": 2, "QLinearMatMul": 1}
+    assert {(n.op, tuple(n.layers)) for n in runtime.float_nodes if n.op == "ConvTranspose"} == {("ConvTranspose", ("up1",)), ("ConvTranspose", ("image",))}
+    assert all(n.ms is not None and n.ms >= 0 for n in runtime.float_nodes)
+    breakdown = runtime.breakdown
+    assert breakdown.nodes >= len(runtime.float_nodes) + sum(runtime.int8_kernels.values())
+    assert 0 < breakdown.weight_dequantize_ms <= breakdown.quantize_ms <= breakdown.kernels_ms  # the ConvTransposes' weights
+    assert re.search(r"^onnxruntime \S+ runs these in float: .*ConvTranspose ×2 \(image, up1\) \d+\.\d{3} ms", "\n".join(onnx_int8.notes), re.M)
+    assert f"onnxruntime profile: {breakdown.explanation}" in onnx_int8.notes
+    result.save(tmp_path)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["artifacts"][1]["runtime"]["breakdown"]["by_op"] and saved["artifacts"][1]["runtime"]["float_nodes"]
+
+
+def test_inspect_lists_onnx_nodes_left_in_float(tmp_path, keras):
+    """``inspect`` names the nodes onnxruntime runs in float in the int8 export, with their Keras
+    layer and profiled cost: a ConvTranspose (no int8 kernel in onnxruntime's CPU provider) and
+    its Elu, while the Dense runs as a QLinearMatMul."""
+    from click.testing import CliRunner
+
+    from gencompress.cli import cli
+
+    z = keras.Input((4,), name="z")
+    x = keras.layers.Dense(2 * 2 * 4, name="dense")(z)
+    x = keras.layers.Reshape((2, 2, 4), name="reshape")(x)
+    out = keras.layers.Conv2DTranspose(2, 3, 2, padding="same", activation="elu", name="up")(x)
+    keras.Model(z, out).save(tmp_path / "up.h5")
+    result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "up.h5"), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("onnx int8: int8 kernels in onnxruntime "))
+    assert lines[at].endswith(": QLinearMatMul ×1; Quantize/Dequantize left: 2/3"), lines[at]
+    assert lines[at + 1].startswith("onnx int8: these nodes run in float in onnxruntime ")
+    floats = lines[at + 2 : at + 4]
+    assert [line.split(":")[0] for line in floats] == ["  ConvTranspose", "  Elu"]
+    assert all(re.search(r" \(up\) \d+\.\d{3} ms$", line) for line in floats), floats
+    assert re.match(r"onnx int8 profile \(batch 1, 1 thread\): \d+\.\d{3} ms per call, float \d+\.\d{3} ms; node time by op: ", lines[at + 4])
+    assert lines[at + 5].split(":")[0] in ("  overhead-bound", "  conversion-bound", "  movement-bound", "  compute-bound")
+
+
+def test_inspect_without_int8_check_skips_onnx(tmp_path, keras):
+    from click.testing import CliRunner
+
+    from gencompress.cli import cli
+
+    z = keras.Input((4,), name="z")
+    keras.Model(z, keras.layers.Dense(3, name="dense")(z)).save(tmp_path / "d.h5")
+    result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "d.h5"), "--no-int8-check", "-o", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert "onnx int8" not in result.output and "int8: not checked" in result.output

@@ -2,7 +2,9 @@
 ``inspect``: read from the graph it optimizes and from its profiler, on real quantizations of tiny
 models."""
 
+import os
 import re
+import tempfile
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from gencompress.converters.onnx import Int8Layout, quantize_onnx
 from gencompress.converters.ort_graph import classify, float_compute_nodes, optimized_graph, profile, runtime_graph
+from gencompress.converters.runners import ONNX_PROVIDERS, onnx_session_options
 
 
 class _Calibration:
@@ -152,6 +155,34 @@ def test_weights_of_a_float_node_are_dequantized_on_every_call(calibration):
     breakdown, node_ms = profile(data, {"x": calibration.arrays["x"][:1]}, runs=20, max_seconds=2.0)
     assert breakdown.weight_dequantize_ms == node_ms["w_DequantizeLinear"] > 0
     assert breakdown.weight_dequantize_ms < breakdown.quantize_ms <= breakdown.kernels_ms
+
+
+def test_excluding_a_conv_transpose_does_not_keep_its_weights_float(calibration):
+    """What the README's figures rest on: excluded from quantization, a ConvTranspose between
+    int8 nodes (its input from a DequantizeLinear, its output into a QuantizeLinear) still gets
+    int8 weights, dequantized on every call: onnxruntime's WeightBiasQuantization transformer
+    quantizes them itself; disabled, none is left."""
+    import onnx
+    import onnxruntime as ort
+
+    from gencompress.converters.ort_graph import _weight_dequantizers
+
+    model = onnx.load_from_string(_conv_transpose_net())
+    w1 = numpy_helper.from_array(np.random.default_rng(4).normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32), "w1")
+    model.graph.initializer.append(w1)
+    model.graph.node.insert(0, helper.make_node("Conv", ["x", "w1"], ["c"], name="lead/conv", pads=[1, 1, 1, 1]))
+    model.graph.node[1].input[0] = "c"
+    model.graph.node[1].output[0] = "t"
+    model.graph.node.append(helper.make_node("LeakyRelu", ["t"], ["y"], name="up/leaky_relu", alpha=0.2))
+    data = quantize_onnx(model.SerializeToString(), "int8", calibration, nodes_to_exclude=["up/conv_transpose"])
+    assert "w_DequantizeLinear" not in {n.name for n in onnx.load_from_string(data).graph.node}  # float in the file
+    assert runtime_graph(data).int8_kernels == {"QLinearConv": 1, "QLinearLeakyRelu": 1}
+    assert len(_weight_dequantizers(optimized_graph(data).graph)) == 1  # int8 where it runs
+    with tempfile.TemporaryDirectory() as tmp:
+        options = onnx_session_options()
+        options.optimized_model_filepath = os.path.join(tmp, "o.onnx")
+        ort.InferenceSession(data, options, providers=ONNX_PROVIDERS, disabled_optimizers=["WeightBiasQuantization"])
+        assert _weight_dequantizers(onnx.load(options.optimized_model_filepath).graph) == set()
 
 
 @pytest.mark.parametrize(

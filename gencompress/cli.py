@@ -345,11 +345,12 @@ def inspect(model, output_dir, trust_code, custom_objects, no_int8_check):
     Example:
       gencompress inspect sample_models/sr_photos.h5
     """
-    from gencompress.pipelines.inspect import float_ops_in_int8, render_inspection
+    from gencompress.pipelines.inspect import float_ops_in_int8, onnx_float_nodes_in_int8, render_inspection
 
     loaded = _load_model(model, trust_code, custom_objects)
     leftovers = None if no_int8_check else float_ops_in_int8(loaded)
-    click.echo(render_inspection(loaded, leftovers))
+    onnx_check = None if no_int8_check else onnx_float_nodes_in_int8(loaded)
+    click.echo(render_inspection(loaded, leftovers, onnx_check))
 
 
 P = C.PruneConfig

@@ -78,6 +78,64 @@ class SearchRecord(_Model):
     most_harmful_units: list[HarmfulUnit] = Field(default_factory=list)
 
 
+class RuntimeNode(_Model):
+    """A compute node onnxruntime runs in float: its (optimized-graph) name, op type, the Keras
+    layers in its name, and its median time per run when profiled."""
+
+    name: str
+    op: str
+    layers: list[str] = Field(default_factory=list)
+    ms: Optional[float] = None
+
+
+class OpTime(_Model):
+    """Median time per run of one op type (all its nodes together) in onnxruntime's profiler."""
+
+    op: str
+    nodes: int
+    ms: float
+
+
+class RuntimeBreakdown(_Model):
+    """Where one batch-1 run's time goes in onnxruntime.
+
+    ``call_ms``: ``session.run`` as Python sees it (median over ``runs``, no profiler);
+    ``floor_ms``: the same for a one-node graph on the same inputs, what any call costs.
+    From onnxruntime's profiler (which adds a little to every node, so shares matter more than
+    sums): ``kernels_ms`` for all ``nodes`` together, of it ``compute_ms`` in nodes that do
+    arithmetic (int8 kernels and float compute), ``quantize_ms`` in Quantize/Dequantize (of it
+    ``weight_dequantize_ms`` dequantizing constant int8 weights, which onnxruntime does on every
+    call for the nodes it runs in float), the rest in data movement; ``by_op`` per op type.
+    ``explanation``: which dominates, in a line."""
+
+    runs: int
+    call_ms: float
+    floor_ms: float
+    nodes: int
+    kernels_ms: float
+    compute_ms: float
+    quantize_ms: float
+    weight_dequantize_ms: float
+    by_op: list[OpTime]
+    explanation: str
+
+
+class RuntimeGraph(_Model):
+    """What onnxruntime runs for an ONNX artifact on the CPU after its graph optimizations (the
+    same session options as the latency measurement): nodes fused into int8 kernels, compute
+    nodes left in float, and the Quantize/Dequantize nodes that remain. Read from the optimized
+    graph, so the same artifact always gives the same summary; ``breakdown`` (timings) only when
+    profiled."""
+
+    onnxruntime: str
+    optimization_level: str
+    int8_kernels: dict[str, int]
+    float_nodes: list[RuntimeNode]
+    quantize_nodes: int
+    dequantize_nodes: int
+    breakdown: Optional[RuntimeBreakdown] = None
+
+
 class ArtifactResult(_Model):
     """One written artifact: its file, size, latency and fidelity against the float model.
 
@@ -100,6 +158,7 @@ class ArtifactResult(_Model):
     notes: list[str] = Field(default_factory=list)
     fallback: Optional[SearchRecord] = None
     smallest_int8_search: Optional[SearchRecord] = None
+    runtime: Optional[RuntimeGraph] = None  # quantized ONNX artifacts: what onnxruntime runs
 
     @property
     def name(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -140,6 +141,31 @@ def _name_shared_constants(graph) -> None:
             node.input[i] = new
 
 
+@dataclass(frozen=True)
+class Int8Layout:
+    """How static int8 quantization lays out the graph. The defaults are the layout every int8
+    ``.onnx`` has had so far (int8 activations, every weight per channel); the others are there
+    to measure (``benchmarks/onnx_runtime_graph.py``) and are not chosen by the search yet.
+
+    ``activations``: ``int8`` or ``uint8``. onnxruntime's x86 int8 kernels take uint8
+    activations; int8 ones are converted where a Q/DQ pair allows it, and a Conv whose input
+    feeds two consumers (a residual, a PReLU) then stays float (``tests/test_ort_graph.py``).
+    ``per_channel``: Conv weights per output channel. ``dense_per_tensor``: MatMul/Gemm weights
+    per tensor. ``reduce_range``: 7-bit weights (for CPUs without VNNI). ``qoperator``: QLinear*
+    operators instead of Q/DQ pairs.
+    """
+
+    activations: str = "int8"
+    per_channel: bool = True
+    dense_per_tensor: bool = False
+    reduce_range: bool = False
+    qoperator: bool = False
+
+    def __post_init__(self):
+        if self.activations not in ("uint8", "int8"):
+            raise ValueError(f"activations must be uint8 or int8, got {self.activations}")
+
+
 def quantize_onnx(
     float_model: bytes,
     precision: str,
@@ -149,13 +175,14 @@ def quantize_onnx(
     range_overrides: dict | None = None,
     calibration_cache: str | os.PathLike | None = None,
     on_sample=None,
+    layout: Int8Layout = Int8Layout(),
 ) -> bytes:
     """Quantize a float ONNX model with onnxruntime.
 
-    int8: static QDQ, per-channel int8 weights and int8 activations, calibrated on ``calibration``
-    (or read from ``calibration_cache``, a JSON file onnxruntime writes on the first call with
-    that path and reads on later ones: one calibration per model and method, whatever is then
-    excluded or overridden).
+    int8: static QDQ, per-channel int8 weights and int8 activations (``layout`` changes either),
+    calibrated on ``calibration`` (or read from ``calibration_cache``,
+    a JSON file onnxruntime writes on the first call with that path and reads on later ones: one
+    calibration per model and method, whatever is then excluded or overridden).
     int16x8: static QDQ with int16 activations. dynamic: int8 weights, activations quantized at
     run time. float16: weights and compute in float16, float32 inputs and outputs.
     """
@@ -178,7 +205,7 @@ def quantize_onnx(
                 elif precision in ("int8", "int16x8"):
                     if calibration is None:
                         raise ValueError(f"{precision} needs a calibration set")
-                    _quantize_static(pre, out, precision, calibration, calibration_method, nodes_to_exclude, range_overrides, calibration_cache, on_sample)
+                    _quantize_static(pre, out, precision, calibration, calibration_method, nodes_to_exclude, range_overrides, calibration_cache, on_sample, layout)
                 else:
                     raise ValueError(f"unknown precision {precision}")
         except (ValueError, RuntimeError, KeyError) as exc:
@@ -186,8 +213,8 @@ def quantize_onnx(
         return Path(out).read_bytes()
 
 
-def _quantize_static(pre, out, precision, calibration, calibration_method, nodes_to_exclude, range_overrides, calibration_cache, on_sample):
-    """QDQ, per-channel int8 weights, int8 (or int16) activations, calibrated (or cached)."""
+def _quantize_static(pre, out, precision, calibration, calibration_method, nodes_to_exclude, range_overrides, calibration_cache, on_sample, layout):
+    """QDQ, int8 weights, int8 (or int16) activations as ``layout`` says, calibrated (or cached)."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -205,22 +232,38 @@ def _quantize_static(pre, out, precision, calibration, calibration_method, nodes
         "percentile": CalibrationMethod.Percentile,
         "entropy": CalibrationMethod.Entropy,
     }[calibration_method]
+    int8 = precision == "int8"
+    overrides = dict(range_overrides or {})
+    if int8 and layout.dense_per_tensor:
+        # a per-tensor override is how onnxruntime's quantizer keeps one weight per-tensor
+        overrides.update({w: [{"quant_type": QuantType.QInt8}] for w in _dense_weights(pre) if w not in overrides})
+    activations = (QuantType.QUInt8 if layout.activations == "uint8" else QuantType.QInt8) if int8 else QuantType.QInt16
     quantize_static(
         pre,
         out,
         Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QInt8 if precision == "int8" else QuantType.QInt16,
+        quant_format=QuantFormat.QOperator if int8 and layout.qoperator else QuantFormat.QDQ,
+        per_channel=layout.per_channel or not int8,
+        reduce_range=int8 and layout.reduce_range,
+        activation_type=activations,
         weight_type=QuantType.QInt8,
         calibrate_method=method,
         nodes_to_exclude=nodes_to_exclude or [],
         calibration_cache_path=calibration_cache,
         extra_options={
             "CalibTensorRangeSymmetric": False,
-            **({"TensorQuantOverrides": range_overrides} if range_overrides else {}),
+            **({"TensorQuantOverrides": overrides} if overrides else {}),
         },
     )
+
+
+def _dense_weights(path) -> list[str]:
+    """Constant weights of the MatMul and Gemm nodes of the model at ``path``."""
+    import onnx
+
+    graph = onnx.load(path).graph
+    constants = {i.name for i in graph.initializer}
+    return sorted({n.input[1] for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in constants})
 
 
 def _to_float16(float_model: bytes) -> bytes:

@@ -87,19 +87,30 @@ def _dequantize(y: np.ndarray, d: dict) -> np.ndarray:
     return y.astype(np.float32)
 
 
+ONNX_PROVIDERS = ["CPUExecutionProvider"]
+
+
+def onnx_session_options(threads: int = 1):
+    """The onnxruntime session options every ONNX artifact is measured (and inspected) with."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # deprecation chatter from the global logger
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return options
+
+
 class OnnxRunner:
     """Runs an ``.onnx`` file in onnxruntime on the CPU, inputs keyed by the model's input names."""
 
     def __init__(self, path: str, input_names: list[str], output_names: list[str], threads: int = 1):
         import onnxruntime as ort
 
-        ort.set_default_logger_severity(3)  # deprecation chatter from the global logger
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+        options = onnx_session_options(threads)
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), options, providers=ONNX_PROVIDERS)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ConversionError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0][:400]}") from exc
         self.input_names = input_names

@@ -50,7 +50,57 @@ def float_ops_in_int8(model, samples: int = 16, seed: int = 0) -> list[dict] | N
     return leftovers
 
 
-def render_inspection(model, leftovers) -> str:
+def onnx_float_nodes_in_int8(model, samples: int = 16, seed: int = 0, profile_seconds: float = 1.5) -> dict | None:
+    """What onnxruntime runs in float once the model's ONNX graph is quantized to int8.
+
+    A trial export and int8 quantization (the layout ``quantize`` writes) on a few noise samples,
+    read back as onnxruntime optimizes it (``ort_graph.runtime_graph``: deterministic), then the
+    float and int8 graphs profiled at batch 1 for up to ``profile_seconds`` each (timings: they
+    inform). Returns ``{"graph": RuntimeGraph with its breakdown, "float_call_ms": float}``, or
+    ``None`` when the model's integer inputs have no known range or the export fails.
+    """
+    from gencompress.compress.quantization import keras_layer_names
+    from gencompress.converters.onnx import export_onnx_float, quantize_onnx
+    from gencompress.converters.ort_graph import profile, runtime_graph, with_costs
+    from gencompress.errors import CalibrationError, ConversionError
+
+    try:
+        calib = noise_set(model.inputs, samples, np.random.default_rng([seed, 1]), model.label_ranges)
+        float_bytes = export_onnx_float(model)
+        int8 = quantize_onnx(float_bytes, "int8", calib)
+    except (CalibrationError, ConversionError):
+        return None
+    graph = runtime_graph(int8, keras_layer_names(model))
+    float_breakdown, _ = profile(float_bytes, calib.sample(0), runs=20, max_seconds=profile_seconds)
+    breakdown, node_ms = profile(int8, calib.sample(0), runs=20, max_seconds=profile_seconds)
+    return {"graph": with_costs(graph, breakdown, node_ms), "float_call_ms": float_breakdown.call_ms}
+
+
+def _render_onnx(check) -> list[str]:
+    if check is None:
+        return ["onnx int8: not checked"]
+    graph, breakdown = check["graph"], check["graph"].breakdown
+    where = f"onnxruntime {graph.onnxruntime} (CPU)"
+    kernels = ", ".join(f"{op} ×{n}" for op, n in graph.int8_kernels.items()) or "none"
+    lines = [f"onnx int8: int8 kernels in {where}: {kernels}; Quantize/Dequantize left: {graph.quantize_nodes}/{graph.dequantize_nodes}"]
+    if graph.float_nodes:
+        lines.append(f"onnx int8: these nodes run in float in {where}:")
+        lines += [
+            f"  {n.op}: {n.name}" + (f" ({', '.join(n.layers)})" if n.layers else "") + (f" {n.ms:.3f} ms" if n.ms is not None else "")
+            for n in graph.float_nodes
+        ]
+    else:
+        lines.append(f"onnx int8: every compute node runs as an int8 kernel in {where}")
+    top = ", ".join(f"{r.op} {100 * r.ms / max(breakdown.kernels_ms, 1e-9):.0f} %" for r in breakdown.by_op[:5])
+    lines.append(
+        f"onnx int8 profile (batch 1, 1 thread): {breakdown.call_ms:.3f} ms per call, float {check['float_call_ms']:.3f} ms; "
+        f"node time by op: {top}"
+    )
+    lines.append(f"  {breakdown.explanation}")
+    return lines
+
+
+def render_inspection(model, leftovers, onnx_check=None) -> str:
     lines = [
         f"model: {model.path} ({model.format})",
         f"parameters: {model.params:,}",
@@ -77,4 +127,6 @@ def render_inspection(model, leftovers) -> str:
         lines += [f"  {x['op']}: {x['why']}" + (f" ({x['tensor']})" if x["tensor"] else "") for x in leftovers]
     else:
         lines.append("int8: every op maps to an int8 kernel")
+    if onnx_check is not None or leftovers is not None:
+        lines += _render_onnx(onnx_check)
     return "\n".join(lines)

@@ -214,8 +214,52 @@ def add_artifact(session: Session, fmt: str, precision: str, data: bytes, tag: s
     result = evaluate_artifact(session, path, fmt, precision, measured)
     result.variant = tag or None
     result.notes = list(notes)
+    if fmt == "onnx" and precision != "float32":
+        result.runtime = onnx_runtime(session, path, result)
+        result.notes += runtime_notes(result.runtime)
     session.artifacts.append(result)
     return result
+
+
+# A quantized ONNX artifact less than this much faster than its float one gets onnxruntime's
+# profile in the report: where its time goes, and what each node left in float costs.
+PROFILE_BELOW_SPEEDUP = 1.3
+
+
+def onnx_runtime(session: Session, path: Path, result: ArtifactResult):
+    """What onnxruntime runs for a quantized ONNX artifact (``ort_graph.runtime_graph``),
+    profiled when it is not clearly faster than the float artifact."""
+    from gencompress.compress.quantization import keras_layer_names
+    from gencompress.converters.ort_graph import profile, runtime_graph, with_costs
+
+    graph = runtime_graph(path, keras_layer_names(session.model))
+    reference = artifact(session, "onnx", variant=result.variant) or artifact(session, "onnx")
+    if reference is not None and result.latency_ms.p50 * PROFILE_BELOW_SPEEDUP > reference.latency_ms.p50:
+        budget = FAST_LATENCY_SECONDS if session.config.fast else LATENCY_SECONDS
+        with session.progress.phase(f"{path.name}: onnxruntime profile"):
+            breakdown, node_ms = profile(path, session.evaluation.sample(0), session.config.latency_runs, budget, session.config.threads)
+        graph = with_costs(graph, breakdown, node_ms)
+    return graph
+
+
+def runtime_notes(graph) -> list[str]:
+    """One line naming the nodes onnxruntime runs in float (and their cost when profiled), one
+    saying where the time goes."""
+    notes = []
+    if graph.float_nodes:
+        by_op: dict[str, list] = {}
+        for n in graph.float_nodes:
+            by_op.setdefault(n.op, []).append(n)
+        parts = []
+        for op, nodes in by_op.items():
+            layers = sorted({layer for n in nodes for layer in n.layers})
+            cost = sum(n.ms for n in nodes if n.ms is not None)
+            parts.append(f"{op}" + (f" ×{len(nodes)}" if len(nodes) > 1 else "") + (f" ({', '.join(layers)})" if layers else "")
+                         + (f" {cost:.3f} ms" if any(n.ms is not None for n in nodes) else ""))
+        notes.append(f"onnxruntime {graph.onnxruntime} runs these in float: " + "; ".join(parts))
+    if graph.breakdown is not None:
+        notes.append(f"onnxruntime profile: {graph.breakdown.explanation}")
+    return notes
 
 
 def evaluate_artifact(session: Session, path: Path, fmt: str, precision: str, measured=None) -> ArtifactResult:

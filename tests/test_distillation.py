@@ -206,7 +206,7 @@ def test_distill_command_then_int8(dcgan_h5, tmp_path):
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(
         ["dcgan.float32.tflite", "dcgan.float32.onnx", "dcgan-student.h5", "dcgan-student.float32.tflite", "dcgan-student.int8.tflite",
-         "dcgan-student.float32.onnx", "dcgan-student.int8.onnx", "report.json", "report.md", "samples.png"]
+         "dcgan-student.float32.onnx", "dcgan-student.int8.onnx", "report.html", "report.json", "report.md", "samples.png"]
     )
     d = report["distillation"]
     assert (d["teacher_params"], d["student_params"], d["width"]) == (1865, 861, 0.5)

@@ -77,10 +77,9 @@ def test_int8_model_int8_kernels_and_what_stays_float(calibration):
 def test_int8_activations_leave_a_shared_conv_input_in_float(calibration):
     """With int8 activations onnxruntime converts Q/DQ pairs to uint8 for its x86 kernels; the
     input that feeds both the Conv and the residual Add cannot be converted, so that Conv runs in
-    float. uint8 activations run both Convs in int8. int8 stays the default: it is what every
-    int8 ``.onnx`` has been so far."""
-    signed = runtime_graph(quantize_onnx(_conv_net(True), "int8", calibration))
-    unsigned = runtime_graph(quantize_onnx(_conv_net(True), "int8", calibration, layout=Int8Layout(activations="uint8")))
+    float. uint8 activations (the default) run both Convs in int8."""
+    signed = runtime_graph(quantize_onnx(_conv_net(True), "int8", calibration, layout=Int8Layout(activations="int8")))
+    unsigned = runtime_graph(quantize_onnx(_conv_net(True), "int8", calibration))
     assert "Conv" in {n.op for n in signed.float_nodes} and signed.int8_kernels.get("QLinearConv") == 1
     assert unsigned.int8_kernels["QLinearConv"] == 2 and {n.op for n in unsigned.float_nodes} == {"Neg"}
 
@@ -217,7 +216,7 @@ def test_quantize_report_says_what_onnxruntime_runs(dcgan, tmp_path, monkeypatch
     onnx_float, onnx_int8 = result.report.artifacts
     assert onnx_float.runtime is None
     runtime = onnx_int8.runtime
-    assert runtime.optimization_level == "all" and runtime.int8_kernels == {"QLinearLeakyRelu": 2, "QLinearMatMul": 1}
+    assert runtime.optimization_level == "all" and runtime.int8_kernels == {"QLinearAdd": 1, "QLinearLeakyRelu": 2, "QLinearMatMul": 1, "QLinearMul": 1}
     assert {(n.op, tuple(n.layers)) for n in runtime.float_nodes if n.op == "ConvTranspose"} == {("ConvTranspose", ("up1",)), ("ConvTranspose", ("image",))}
     assert all(n.ms is not None and n.ms >= 0 for n in runtime.float_nodes)
     breakdown = runtime.breakdown

@@ -17,6 +17,8 @@ Search order:
    activations and float16;
 4. speed (TFLite): int8 ops the runtime's fast path does not take run reference kernels (int8
    PReLU); they are kept in float when that still passes and costs at most 25 % in size.
+   (ONNX: heavy ops onnxruntime runs in float in an int8 graph, ConvTranspose above all, class an
+   attempt ``slow`` the same way, so the sub-pixel form is tried; there is nothing to keep float.)
 
 The pick (``choose``): with ``prefer="speed"`` (the default) the passing attempts of the fastest
 compute class win (full int8, then mixed, then float compute, then slow kernels), the smallest
@@ -225,6 +227,7 @@ class _Search:
         if self.c.float_units is not None and precision == "mixed":
             a.float_units = self.c.float_units(a.data)  # what really stayed float
         slow = self.c.slow_ops(a.data) if self.c.slow_ops is not None and precision in ("int8", "mixed") else set()
+        slow = slow - {u.op for u in a.float_units}  # what the search kept float on purpose
         a.compute = compute_class(precision, a.float_units, slow)
         # Outputs are kept for what can still be picked (passing ones, the best failing one), so
         # the pick is not run again; on 400×600 images each attempt's are tens of megabytes.
@@ -318,8 +321,8 @@ class _Search:
     def faster(self, chosen: Attempt) -> Attempt:
         """Step 4: keep float the op types the runtime's fast path does not take, when that passes."""
         c = self.c
-        if c.slow_ops is None or not chosen.passed or chosen.variant is None:
-            return chosen
+        if c.fmt != "tflite" or c.slow_ops is None or not chosen.passed or chosen.variant is None:
+            return chosen  # onnxruntime runs an op it has no int8 kernel for in float already
         units, _, _ = self.units_of(chosen.variant)
         slow = c.slow_ops(chosen.data) & {u.op for u in units}
         if not slow:

@@ -269,6 +269,20 @@ def tflite_candidates(session: Session) -> Candidates:
     )
 
 
+# Ops whose arithmetic is the model's cost: run in float between Q/DQ pairs (onnxruntime has no
+# int8 ConvTranspose kernel; a Conv whose uint8 input cannot be converted) they take the speed
+# int8 is for, with conversions on both sides. A float Tanh or Sigmoid at the output costs little.
+ONNX_HEAVY_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+
+
+def onnx_float_heavy_ops(data: bytes) -> set[str]:
+    """The heavy op types onnxruntime runs in float in an int8 ``.onnx`` (read from the graph it
+    optimizes): the ONNX counterpart of ``tflite_undelegated_ops`` for the search's classes."""
+    from gencompress.converters.ort_graph import float_compute_nodes
+
+    return float_compute_nodes(data) & ONNX_HEAVY_OPS
+
+
 def onnx_candidates(session: Session) -> Candidates:
     """What the search can build in ONNX: static quantizations of the float graph (and of the
     sub-pixel form's, where transposed convolutions would otherwise run in float)."""
@@ -300,6 +314,7 @@ def onnx_candidates(session: Session) -> Candidates:
     return Candidates(
         fmt="onnx",
         units=units,
+        slow_ops=onnx_float_heavy_ops,
         companions=onnx_companions(float_bytes, units),
         same_size=same_size,
         weight_only=lambda: onnx_weight_only(float_bytes),

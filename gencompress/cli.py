@@ -8,13 +8,15 @@ is imported at module level: ``gencompress --help`` must not import TensorFlow.
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 
 import click
 
 from gencompress import config as C
 from gencompress.config import default_of
-from gencompress.errors import ConversionError, FidelityError, GencompressError, OptionError
+from gencompress.errors import EXIT_BAD_INPUT, ConversionError, FidelityError, GencompressError, OptionError, OutputError, disk_full
+from gencompress.interrupts import Interrupted, handling_signals, pending, stop
 
 DEFAULT_OUTPUT = Path("gencompress-out")
 
@@ -57,7 +59,7 @@ def model_options(f):
     """Options every command that loads a model shares."""
 
     @click.argument("model", type=click.Path())
-    @click.option("-o", "--output-dir", type=click.Path(file_okay=False), help=f"Where artifacts and the report go [default: {DEFAULT_OUTPUT}/<model stem>].")
+    @click.option("-o", "--output-dir", type=click.Path(), help=f"Where artifacts and the report go [default: {DEFAULT_OUTPUT}/<model stem>].")
     @click.option("--trust-code", is_flag=True, help="Allow Lambda layers and --custom-objects: loading then runs code from the model.")
     @click.option("--custom-objects", type=click.Path(dir_okay=False), help="Python file defining custom layer classes and Lambda helpers (needs --trust-code).")
     @functools.wraps(f)
@@ -129,18 +131,75 @@ def _split(kwargs: dict, data=None):
     return kwargs, calibration
 
 
+def _error(message: str) -> None:
+    click.echo("gencompress: error: " + "; ".join(line.strip() for line in str(message).splitlines() if line.strip()), err=True)
+
+
 class _Group(click.Group):
-    """Turns user errors (``GencompressError``) into one line on stderr and their exit code."""
+    """Every user error as one line on stderr (``gencompress: error: ...``) and its exit code:
+    ours (``GencompressError``), Click's (bad options, 2), a full disk or a refused write
+    (``OutputError``, 5). Ctrl-C and SIGTERM stop the run, cleaned up, with 128 + the signal."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        code = 1
+        with handling_signals():
+            try:
+                code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            except click.exceptions.NoArgsIsHelpError as exc:
+                exc.show()
+                code = exc.exit_code
+            except click.ClickException as exc:
+                _error(exc.format_message())
+                code = EXIT_BAD_INPUT if isinstance(exc, click.UsageError) else exc.exit_code
+            except click.Abort:  # Ctrl-C before a command ran (Click turns it into Abort)
+                stop()
+                click.echo("gencompress: stopped", err=True)
+                code = 128 + (pending() or 2)
+            except BrokenPipeError:  # the reader of stdout went away (``| head``)
+                sys.stdout = None
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx):
+        try:
+            return self._invoke_cleanly(ctx)
+        except GencompressError as exc:
+            _error(str(exc))
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt as exc:  # Interrupted: SIGINT, SIGTERM, SIGHUP
+            stop()
+            signum = exc.signum if isinstance(exc, Interrupted) else 2
+            what = exc.what if isinstance(exc, Interrupted) else "Ctrl-C"
+            click.echo(f"gencompress: stopped by {what}{_what_was_written(ctx.meta.get(_OUTPUT))}", err=True)
+            ctx.exit(128 + signum)
+        except OSError as exc:
+            if not (disk_full(exc) or isinstance(exc, PermissionError)):
+                raise  # a bug: keep the traceback
+            where = f": {exc.filename}" if exc.filename else ""
+            _error(f"{'no space left on device' if disk_full(exc) else exc.strerror}{where}")
+            ctx.exit(OutputError.exit_code)
+
+    def _invoke_cleanly(self, ctx):
+        """The command with its own temporary folder; a run that wrote nothing leaves no folder."""
+        from gencompress.artifacts import private_tempdir, remove_created
         from gencompress.progress import Progress
 
         try:
-            with Progress().activate():
+            with private_tempdir(), Progress().activate():
                 return super().invoke(ctx)
-        except GencompressError as exc:
-            click.echo(f"gencompress: error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+        finally:
+            output = ctx.meta.get(_OUTPUT)
+            if output and not output["saved"]:
+                remove_created(output["created"])
+
+
+def _what_was_written(output: dict | None) -> str:
+    if output is None:
+        return "; nothing was written"
+    if output["saved"]:
+        return f"; the new result is complete in {output['out']}"
+    return f"; nothing of this run was written, {output['out']} is as it was"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -182,6 +241,7 @@ def quantize(model, output_dir, trust_code, custom_objects, modes, int8_io, cali
         given = [n for n, v in (("--steps", steps), ("--batch-size", batch_size), ("--learning-rate", learning_rate), ("--data", data), ("--distribute", distribute)) if v is not None]
         if given:
             raise OptionError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to --method qat")
+    _output(model, output_dir)  # before any heavy work
     strategy = _strategy(distribute, cpu_devices)  # before TensorFlow's runtime starts
     run_kwargs, calibration = _split(run_kwargs, data)
     qat = _training(C.QAT_TRAINING, steps, batch_size, learning_rate, distribute)
@@ -272,6 +332,7 @@ def prune_command(model, output_dir, trust_code, custom_objects, sparsity, sched
       gencompress prune model.keras --sparsity 0.8 --schedule polynomial --steps 2000
       gencompress prune model.h5 --sparsity 0.5 --structure 2:4 --then int8
     """
+    _output(model, output_dir)  # before any heavy work
     strategy = _strategy(distribute, cpu_devices)  # before TensorFlow's runtime starts
     run_kwargs, calibration = _split(run_kwargs, data)
     config = P(
@@ -315,6 +376,7 @@ def distill_command(model, output_dir, trust_code, custom_objects, width, depth,
     """
     if student_path is not None and width is not None:
         raise OptionError("--student is the student's architecture: give it or --width, not both")
+    _output(model, output_dir)  # before any heavy work
     strategy = _strategy(distribute, cpu_devices)  # before TensorFlow's runtime starts (multi-worker needs it)
     run_kwargs, calibration = _split(run_kwargs, data)
     training = _training(C.DISTILL_TRAINING, steps, batch_size, learning_rate, distribute, loss=loss, eval_every=eval_every, patience=patience)
@@ -339,11 +401,37 @@ def _strategy(distribute, cpu_devices):
 def _run(command: str, model_path, output_dir, trust_code, custom_objects, config, calibration, **extra) -> None:
     """Load, run the API call, save the result, show the table and summary, exit as the result says."""
     import gencompress.api as api
-    from gencompress.report.render import sensitivity_table, terminal_summary, terminal_table
 
+    output = _output(model_path, output_dir)
     model = _load_model(model_path, trust_code, custom_objects)
     result = getattr(api, command)(model, config, calibration, **extra)
-    out = result.save(Path(output_dir) if output_dir else DEFAULT_OUTPUT / model.stem)
+    try:
+        out = result.save(output["out"])
+        output["saved"] = True
+    finally:
+        result.close()
+    _show(command, result, out)
+
+
+def _output(model_path, output_dir) -> dict:
+    """The command's output folder, created and probed (``artifacts.check_output_dir``) once,
+    before any heavy work: the first call checks, later ones return what it found."""
+    from gencompress.artifacts import check_output_dir
+    from gencompress.model import model_stem
+
+    meta = click.get_current_context().meta
+    if _OUTPUT not in meta:
+        out = Path(output_dir) if output_dir else DEFAULT_OUTPUT / model_stem(model_path)
+        meta[_OUTPUT] = {"out": out, "created": check_output_dir(out), "saved": False}
+    return meta[_OUTPUT]
+
+
+_OUTPUT = "gencompress.output"
+
+
+def _show(command: str, result, out: Path) -> None:
+    from gencompress.report.render import sensitivity_table, terminal_summary, terminal_table
+
     report = result.report.model_dump(mode="json")
     if command == "analyze":
         click.echo(sensitivity_table(report))
@@ -380,4 +468,14 @@ def _load_model(path, trust_code: bool, custom_objects):
 
 def main(argv=None):
     """Console entry point."""
-    cli.main(args=argv, prog_name="gencompress")
+    import signal
+
+    from gencompress.interrupts import STOP_SIGNALS
+
+    try:
+        cli.main(args=argv, prog_name="gencompress")
+    finally:
+        # Everything is written by now, and Python's shutdown with TensorFlow loaded takes
+        # seconds: a signal then ends the process at once, the system's way (128 + signal).
+        for s in STOP_SIGNALS:
+            signal.signal(s, signal.SIG_DFL)

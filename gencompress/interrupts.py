@@ -58,10 +58,13 @@ def _on_signal(signum, frame):
 
 def _quiet_unraisable(default):
     """Hide "Exception ignored in ..." for an interrupt raised inside a ``__del__``: it is recorded
-    and raised again at the next checkpoint."""
+    and raised again at the next checkpoint. Once a signal has stopped the run, hide them all: an
+    interrupt that cut an ``__init__`` short leaves an object whose ``__del__`` fails when it is
+    collected, as late as the interpreter's exit (TensorFlow's ``ApiDefMap``: "no attribute
+    '_api_def_map'"), a traceback under the one line that said the run stopped."""
 
     def hook(unraisable):
-        if isinstance(unraisable.exc_value, KeyboardInterrupt) and _state.pending is not None:
+        if _state.pending is not None and (_state.stopping or isinstance(unraisable.exc_value, KeyboardInterrupt)):
             return
         default(unraisable)
 
@@ -83,7 +86,9 @@ def handling_signals():
         _state.stopping = True
         for s, handler in previous.items():
             signal.signal(s, handler)
-        sys.unraisablehook = hook
+        if _state.pending is None:
+            sys.unraisablehook = hook
+        # else: stopped by a signal; the quiet hook stays for what is collected until the exit
         _state.active = False
 
 

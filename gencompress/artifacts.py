@@ -1,9 +1,10 @@
 """Writing a run's files: whole or not at all, with the user's umask.
 
 A run builds its artifacts in a scratch folder; ``save_files`` then writes them into a staging
-folder inside the output folder and renames each into place, so the output folder never holds
-half a file, and a failure before the renames leaves it as it was. Temporary files get the mode
-an ordinary ``open()`` would give (``mkstemp`` creates 0600 files, and a rename keeps the mode).
+folder inside the output folder and renames each into place (stop signals held back meanwhile),
+so the output folder never holds half a file or a mix of two runs, and a failure or Ctrl-C
+before the renames leaves it as it was. Temporary files get the mode an ordinary ``open()``
+would give (``mkstemp`` creates 0600 files, and a rename keeps the mode).
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from gencompress.errors import OutputError, disk_full
+from gencompress.interrupts import deferred
+
+# Followed by the writing process's id: a later run removes the folders of processes that died.
 STAGING_PREFIX = ".gencompress-staging-"
+PROBE_PREFIX = ".gencompress-probe-"
 
 
 def file_mode() -> int:
@@ -51,33 +57,128 @@ def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> Path:
     return Path(target)
 
 
-def save_files(files: dict[str, str | os.PathLike | bytes], out: str | os.PathLike) -> dict[str, Path]:
+def save_files(files: dict[str, str | os.PathLike | bytes], out: str | os.PathLike, replaces=()) -> dict[str, Path]:
     """Write ``files`` (name → source path or bytes) into folder ``out``, all together.
 
     Everything is first written into a staging folder inside ``out`` (same filesystem, so the
-    renames are atomic), then each file is renamed into place. A failure while staging (a full
-    disk) leaves ``out`` untouched; the staging folder is removed whatever happens. Returns the
-    final path of each file.
+    renames are atomic), then each file is renamed into place and the files of ``replaces`` (a
+    previous run's, by name) that this one does not write are removed, with stop signals held
+    back. A failure while staging (a full disk) or an interrupt leaves ``out`` untouched; the
+    staging folder is removed whatever happens. Returns the final path of each file.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _remove_dead_staging(out)
+        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
+    except OSError as exc:
+        raise OutputError(output_problem(out, exc)) from None
     mode = file_mode()
     try:
-        for name, source in files.items():
-            staged = staging / name
-            if isinstance(source, (bytes, bytearray)):
-                staged.write_bytes(source)
-            else:
-                shutil.copyfile(source, staged)
-            os.chmod(staged, mode)
-        placed = {}
-        for name in files:
-            os.replace(staging / name, out / name)
-            placed[name] = out / name
-        return placed
+        try:
+            for name, source in files.items():
+                staged = staging / name
+                if isinstance(source, (bytes, bytearray)):
+                    staged.write_bytes(source)
+                else:
+                    shutil.copyfile(source, staged)
+                os.chmod(staged, mode)
+        except OSError as exc:
+            raise OutputError(f"{output_problem(out, exc)}; nothing of this run was written, {out} is as it was") from None
+        with deferred():
+            placed = {}
+            for name in files:
+                os.replace(staging / name, out / name)
+                placed[name] = out / name
+            for name in set(replaces) - set(files):
+                if _plain_name(name) and (out / name).is_file():
+                    (out / name).unlink()
+            return placed
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with deferred():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_output_dir(out: str | os.PathLike) -> list[Path]:
+    """Create folder ``out`` if needed and write and remove a probe file in it, so that a folder
+    that cannot take the result is found before any work. Returns the folders it created,
+    innermost first (``remove_created`` takes them away again if the run writes nothing)."""
+    out = Path(out)
+    created = [p for p in [out, *out.parents] if not p.exists() and not p.is_symlink()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f"{PROBE_PREFIX}{os.getpid()}-", dir=out)
+        try:
+            os.write(fd, b"gencompress")
+        finally:
+            os.close(fd)
+            os.remove(probe)
+    except OSError as exc:
+        remove_created(created)
+        raise OutputError(output_problem(out, exc)) from None
+    return created
+
+
+def remove_created(folders) -> None:
+    """Remove the folders ``check_output_dir`` created, those still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
+def output_problem(out: Path, exc: OSError) -> str:
+    """One line on why ``out`` cannot take the result."""
+    if disk_full(exc):
+        return f"no space left to write into {out} ({exc.strerror or exc})"
+    blocking = next((p for p in [out, *out.parents] if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        return f"output folder {out} cannot be created: {blocking} is a file" if blocking != out else f"output folder {out} is a file"
+    where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != out else ""
+    return f"cannot write into output folder {out}: {exc.strerror or exc}{where}"
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name == Path(name).name and name not in (".", "..")
+
+
+def _remove_dead_staging(out: Path) -> None:
+    """Staging folders of runs that were killed (SIGKILL, a power cut) before they could clean up."""
+    for folder in out.glob(f"{STAGING_PREFIX}*"):
+        pid = folder.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process
+    return True
+
+
+@contextmanager
+def private_tempdir(prefix: str = "gencompress-"):
+    """Point ``tempfile`` (and ``TMPDIR``, for native code and subprocesses) at a fresh folder while
+    the block runs, and remove it after, with whatever the libraries left in it: a converter
+    interrupted between creating its temporary folder and the ``try`` that removes it."""
+    root = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
+    saved_dir, saved_env = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = os.environ["TMPDIR"] = root
+    try:
+        yield Path(root)
+    finally:
+        with deferred():
+            tempfile.tempdir = saved_dir
+            if saved_env is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = saved_env
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def save_keras(keras_model, path: str | os.PathLike) -> Path:

@@ -7,244 +7,107 @@ is imported at module level: ``gencompress --help`` must not import TensorFlow.
 
 from __future__ import annotations
 
-import functools
-import os
 import sys
-from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 import click
 
 from gencompress import config as C
+from gencompress.cli_options import (
+    DEFAULT_OUTPUT,
+    _comma_list,
+    _layer_names,
+    _split,
+    _training,
+    gate_options,
+    model_options,
+    record_options,
+    run_options,
+    training_options,
+)
 from gencompress.config import default_of
-from gencompress.errors import ConversionError, FidelityError, GencompressError, OptionError
-
-DEFAULT_OUTPUT = Path("gencompress-out")
-
-
-def _comma_list(allowed, all_value=None):
-    def convert(ctx, param, value):
-        if value is None:
-            return None
-        items = [v.strip() for v in value.split(",") if v.strip()]
-        if all_value and items == ["all"]:
-            return tuple(all_value)
-        bad = [v for v in items if v not in allowed]
-        if bad or not items:
-            raise click.BadParameter(f"{', '.join(bad) or 'nothing'} (choose from {', '.join(allowed)})")
-        return tuple(dict.fromkeys(items))
-
-    return convert
+from gencompress.errors import (
+    EXIT_BAD_INPUT,
+    ConversionError,
+    FidelityError,
+    GencompressError,
+    OptionError,
+    OutputError,
+    disk_full,
+)
+from gencompress.interrupts import Interrupted, handling_signals, pending, stop
 
 
-def _input_range(ctx, param, value):
-    try:
-        lo, hi = (float(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter("give LOW,HIGH, for example -1,1") from None
-    if not lo < hi:
-        raise click.BadParameter("LOW must be below HIGH")
-    return lo, hi
-
-
-def _layer_names(ctx, param, value):
-    if value is None:
-        return None
-    names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
-    if not names:
-        raise click.BadParameter("give layer names, comma-separated")
-    return names
-
-
-def model_options(f):
-    """Options every command that loads a model shares."""
-
-    @click.argument("model", type=click.Path())
-    @click.option("-o", "--output-dir", type=click.Path(file_okay=False), help=f"Where artifacts and the report go [default: {DEFAULT_OUTPUT}/<model stem>].")
-    @click.option("--trust-code", is_flag=True, help="Allow Lambda layers and --custom-objects: loading then runs code from the model.")
-    @click.option("--custom-objects", type=click.Path(dir_okay=False), help="Python file defining custom layer classes and Lambda helpers (needs --trust-code).")
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        return f(*args, **kwargs)
-
-    return wrapper
-
-
-def run_options(f):
-    """Options for commands that build and measure artifacts (``RunConfig`` and the calibration)."""
-    R = C.RunConfig
-    for option in reversed(
-        [
-            click.option("--format", "formats", default=",".join(default_of(R, "formats")), show_default=True, callback=_comma_list(C.FORMATS), help="Artifact formats, comma-separated."),
-            click.option("--calibration", default="noise", show_default=True, help="Input source: 'noise', a .npy/.npz file (arrays keyed by input name) or a folder of PNG/JPEG images."),
-            click.option("--calibration-samples", type=int, help="Samples used to calibrate [default: 200, fewer for large outputs: 32 for a 384×384 image; a quarter with --fast]."),
-            click.option("--eval-samples", type=int, help="Held-out samples used to measure fidelity [default: 64, fewer for large outputs: 16 for a 384×384 image; a quarter with --fast]."),
-            click.option("--seed", default=default_of(R, "seed"), show_default=True, type=int, help="Seed for noise, shuffling, splits and training."),
-            click.option("--input-range", default="-1,1", show_default=True, callback=_input_range, help="Value range images are scaled to (image-folder calibration)."),
-            click.option("--threads", default=default_of(R, "threads"), show_default=True, type=int, help="Runtime threads for latency."),
-            click.option("--latency-runs", type=int, help="Timed runs per artifact, after up to 10 warm-up runs; at most about 5 s per artifact [default: 50; 10 with --fast]."),
-            click.option("--fast", is_flag=True, help="A quick look: a quarter of the calibration and evaluation samples and 10 latency runs (said in the report)."),
-        ]
-    ):
-        f = option(f)
-    return f
-
-
-def training_options(defaults: C.TrainingConfig, what: str):
-    """Fine-tuning options (``TrainingConfig``), their defaults from ``defaults``."""
-
-    def decorate(f):
-        for option in reversed(
-            [
-                click.option("--steps", type=int, help=f"{what}most training steps (stops early when held-out PSNR stalls) [default: {defaults.steps}]."),
-                click.option("--batch-size", type=int, help=f"{what}batch size (global: split across replicas when distributed) [default: {defaults.batch_size}]."),
-                click.option("--learning-rate", type=float, help=f"{what}Adam learning rate (halved on plateaus) [default: {defaults.learning_rate:g}]."),
-                click.option("--data", type=click.Path(), help=f"{what}inputs to calibrate and train on: a .npy/.npz file or an image folder (as --calibration; default: noise)."),
-                click.option("--distribute", type=click.Choice(C.DISTRIBUTE), help=f"{what}mirrored: all local GPUs (or logical CPUs); multi-worker: the cluster in TF_CONFIG [default: none]."),
-                click.option("--cpu-devices", type=int, hidden=True, help="Split the CPU into N logical devices (to try --distribute mirrored without GPUs)."),
-            ]
-        ):
-            f = option(f)
-        return f
-
-    return decorate
-
-
-def _training(defaults: C.TrainingConfig, steps=None, batch_size=None, learning_rate=None, distribute=None, **more) -> C.TrainingConfig:
-    given = {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "distribute": distribute, **more}
-    return C.replace(defaults, **{k: v for k, v in given.items() if v is not None})
-
-
-def _calibration(calibration: str, data: str | None, samples, input_range):
-    """``--data`` (commands that train) and ``--calibration`` name the same thing: the inputs."""
-    from gencompress.calibration import Calibration
-
-    if data is not None:
-        if calibration not in ("noise", data):
-            raise OptionError("--data and --calibration name different inputs: give one of them")
-        calibration = data
-    return Calibration.from_spec(calibration, samples=samples, input_range=input_range)
-
-
-def _split(kwargs: dict, data=None):
-    """Run options → (RunConfig fields, Calibration)."""
-    calibration = _calibration(kwargs.pop("calibration"), data, kwargs.pop("calibration_samples"), kwargs.pop("input_range"))
-    return kwargs, calibration
-
-
-def _gate_values(kind):
-    """``VALUE`` (every format) or ``FORMAT:VALUE`` (one format), repeatable."""
-
-    def convert(ctx, param, values):
-        parsed = []
-        for raw in values:
-            fmt, _, number = raw.rpartition(":")
-            if fmt and fmt not in C.FORMATS:
-                raise click.BadParameter(f"unknown format '{fmt}' in '{raw}' (give VALUE or FORMAT:VALUE, FORMAT one of {', '.join(C.FORMATS)})")
-            try:
-                value = kind(number)
-            except ValueError:
-                raise click.BadParameter(f"'{raw}': expected {'a whole number' if kind is int else 'a number'}, or FORMAT:VALUE") from None
-            parsed.append((fmt or None, value))
-        return parsed
-
-    return convert
-
-
-_GATE_OPTIONS = [
-    ("min_ssim", float, "Gate: SSIM against the float model at least this (image outputs)."),
-    ("max_bytes", int, "Gate: artifact size at most this many bytes."),
-    ("max_size_ratio", float, "Gate: artifact size at most this share of the float32 artifact's (0.3: 30 %)."),
-    ("min_speedup", float, "Gate: p50 latency of the float32 artifact over this one's at least this (1.5: 1.5x faster); latency then takes 200 runs."),
-    ("max_latency_ms", float, "Gate: p50 latency at most this many ms; latency then takes 200 runs."),
-]
-
-
-def gate_options(f):
-    """The gates (``config.Gates``) a command's deliverable artifacts must pass (exit 3 otherwise);
-    ``--min-psnr``, the fidelity target, is the PSNR gate. Each takes VALUE for every format or
-    FORMAT:VALUE for one (repeatable)."""
-    for name, kind, text in reversed(_GATE_OPTIONS):
-        f = click.option("--" + name.replace("_", "-"), name, multiple=True, metavar="[FORMAT:]VALUE", callback=_gate_values(kind),
-                         help=text + " FORMAT:VALUE for one format.")(f)
-
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        every, per_format = {}, {fmt: {} for fmt in C.FORMATS}
-        for name, _, _ in _GATE_OPTIONS:
-            for fmt, value in kwargs.pop(name):
-                (per_format[fmt] if fmt else every)[name] = value
-        kwargs["gates"] = C.Gates(**every, **{fmt: C.FormatGates(**given) for fmt, given in per_format.items()})
-        return f(*args, **kwargs)
-
-    return wrapper
-
-
-def record_options(f):
-    """``--save-recipe`` (write this run down) and ``--json`` (a summary on stdout, nothing else)."""
-
-    @click.option("--save-recipe", type=click.Path(dir_okay=False), help="Write this run as a recipe (TOML) to replay with `gencompress run`.")
-    @click.option("--json", "json_output", is_flag=True, help="Print only a JSON summary on stdout (tables and progress go to stderr).")
-    @functools.wraps(f)
-    def wrapper(*args, save_recipe, json_output, **kwargs):
-        ctx = click.get_current_context()
-        ctx.meta["gencompress.save_recipe"] = save_recipe
-        if not json_output:
-            return f(*args, **kwargs)
-        with _stdout_to_stderr() as stdout:
-            try:
-                return f(*args, **kwargs)
-            finally:
-                summary = ctx.meta.get("gencompress.summary")
-                if summary is not None:
-                    stdout(summary)
-
-    return wrapper
-
-
-@contextmanager
-def _stdout_to_stderr():
-    """Everything written to stdout (ours, TensorFlow's C++ side, Keras) goes to stderr while the
-    block runs; yields a writer for the real stdout, used once the block is left."""
-    import json
-
-    out = sys.stdout
-    pending = []
-    try:
-        fd = out.fileno()
-    except (AttributeError, OSError, ValueError):  # captured (tests): Python-level only
-        fd = None
-    saved = None
-    if fd is not None:
-        out.flush()
-        saved = os.dup(fd)
-        os.dup2(sys.stderr.fileno(), fd)
-    try:
-        with redirect_stdout(sys.stderr):
-            yield pending.append
-    finally:
-        if saved is not None:
-            sys.stderr.flush()
-            os.dup2(saved, fd)
-            os.close(saved)
-        for doc in pending:
-            out.write(json.dumps(doc, indent=2) + "\n")
-            out.flush()
+def _error(message: str) -> None:
+    click.echo("gencompress: error: " + "; ".join(line.strip() for line in str(message).splitlines() if line.strip()), err=True)
 
 
 class _Group(click.Group):
-    """Turns user errors (``GencompressError``) into one line on stderr and their exit code."""
+    """Every user error as one line on stderr (``gencompress: error: ...``) and its exit code:
+    ours (``GencompressError``), Click's (bad options, 2), a full disk or a refused write
+    (``OutputError``, 5). Ctrl-C and SIGTERM stop the run, cleaned up, with 128 + the signal."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        code = 1
+        with handling_signals():
+            try:
+                code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            except click.exceptions.NoArgsIsHelpError as exc:
+                exc.show()
+                code = exc.exit_code
+            except click.ClickException as exc:
+                _error(exc.format_message())
+                code = EXIT_BAD_INPUT if isinstance(exc, click.UsageError) else exc.exit_code
+            except click.Abort:  # Ctrl-C before a command ran (Click turns it into Abort)
+                stop()
+                click.echo("gencompress: stopped", err=True)
+                code = 128 + (pending() or 2)
+            except BrokenPipeError:  # the reader of stdout went away (``| head``)
+                sys.stdout = None
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx):
+        try:
+            return self._invoke_cleanly(ctx)
+        except GencompressError as exc:
+            _error(str(exc))
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt as exc:  # Interrupted: SIGINT, SIGTERM, SIGHUP
+            stop()
+            signum = exc.signum if isinstance(exc, Interrupted) else 2
+            what = exc.what if isinstance(exc, Interrupted) else "Ctrl-C"
+            click.echo(f"gencompress: stopped by {what}{_what_was_written(ctx.meta.get(_OUTPUT))}", err=True)
+            ctx.exit(128 + signum)
+        except OSError as exc:
+            if not (disk_full(exc) or isinstance(exc, PermissionError)):
+                raise  # a bug: keep the traceback
+            where = f": {exc.filename}" if exc.filename else ""
+            _error(f"{'no space left on device' if disk_full(exc) else exc.strerror}{where}")
+            ctx.exit(OutputError.exit_code)
+
+    def _invoke_cleanly(self, ctx):
+        """The command with its own temporary folder; a run that wrote nothing leaves no folder."""
+        from gencompress.artifacts import private_tempdir, remove_created
         from gencompress.progress import Progress
 
         try:
             # CI logs: no bars when either stream is not a terminal (`--json > summary.json`)
-            with Progress(bars=None if sys.stdout.isatty() else False).activate():
+            with private_tempdir(), Progress(bars=None if sys.stdout.isatty() else False).activate():
                 return super().invoke(ctx)
-        except GencompressError as exc:
-            click.echo(f"gencompress: error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+        finally:
+            output = ctx.meta.get(_OUTPUT)
+            if output and not output["saved"]:
+                remove_created(output["created"])
+
+
+def _what_was_written(output: dict | None) -> str:
+    if output is None:
+        return "; nothing was written"
+    if output["saved"]:
+        return f"; the new result is complete in {output['out']}"
+    return f"; nothing of this run was written, {output['out']} is as it was"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -290,6 +153,7 @@ def quantize(model, output_dir, trust_code, custom_objects, modes, int8_io, cali
         given = [n for n, v in (("--steps", steps), ("--batch-size", batch_size), ("--learning-rate", learning_rate), ("--data", data), ("--distribute", distribute)) if v is not None]
         if given:
             raise OptionError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to --method qat or auto")
+    _output(model, output_dir)  # before any heavy work
     strategy = _strategy(distribute, cpu_devices)  # before TensorFlow's runtime starts
     run_kwargs, calibration = _split(run_kwargs, data)
     qat = _training(C.QAT_TRAINING, steps, batch_size, learning_rate, distribute)
@@ -345,7 +209,11 @@ def inspect(model, output_dir, trust_code, custom_objects, no_int8_check):
     Example:
       gencompress inspect sample_models/sr_photos.h5
     """
-    from gencompress.pipelines.inspect import float_ops_in_int8, onnx_float_nodes_in_int8, render_inspection
+    from gencompress.pipelines.inspect import (
+        float_ops_in_int8,
+        onnx_float_nodes_in_int8,
+        render_inspection,
+    )
 
     loaded = _load_model(model, trust_code, custom_objects)
     leftovers = None if no_int8_check else float_ops_in_int8(loaded)
@@ -387,6 +255,7 @@ def prune_command(model, output_dir, trust_code, custom_objects, sparsity, sched
       gencompress prune model.keras --sparsity 0.8 --schedule polynomial --steps 2000
       gencompress prune model.h5 --sparsity 0.5 --structure 2:4 --then int8
     """
+    _output(model, output_dir)  # before any heavy work
     strategy = _strategy(distribute, cpu_devices)  # before TensorFlow's runtime starts
     run_kwargs, calibration = _split(run_kwargs, data)
     config = P(
@@ -432,6 +301,7 @@ def distill_command(model, output_dir, trust_code, custom_objects, width, depth,
     """
     if student_path is not None and width is not None:
         raise OptionError("--student is the student's architecture: give it or --width, not both")
+    _output(model, output_dir)  # before any heavy work
     strategy = _strategy(distribute, cpu_devices)  # before TensorFlow's runtime starts (multi-worker needs it)
     run_kwargs, calibration = _split(run_kwargs, data)
     training = _training(C.DISTILL_TRAINING, steps, batch_size, learning_rate, distribute, loss=loss, eval_every=eval_every, patience=patience)
@@ -461,22 +331,48 @@ def _run(command: str, model_path, output_dir, trust_code, custom_objects, confi
     from gencompress import recipe as recipes
     from gencompress.results import RecipeRecord
 
+    output = _output(model_path, output_dir)
     model = _load_model(model_path, trust_code, custom_objects)
-    out = Path(output_dir) if output_dir else DEFAULT_OUTPUT / model.stem
+    out = output["out"]
     recipe = recipes.from_command(command, config, calibration, model_path, out, trust_code, custom_objects, student_path)
     save_recipe = click.get_current_context().meta.get("gencompress.save_recipe")
     if save_recipe:
         recipes.write(recipe, save_recipe)
     result = getattr(api, command)(model, config, calibration, **extra)
     result.report.recipe = RecipeRecord(document=recipe.document())
-    out = result.save(out)
+    try:
+        out = result.save(out)
+        output["saved"] = True
+    finally:
+        result.close()
     _show(result, out)
     _finish([recipes.StepRun(0, command, result, out)])
 
 
+def _output(model_path, output_dir) -> dict:
+    """The command's output folder, created and probed (``artifacts.check_output_dir``) once,
+    before any heavy work: the first call checks, later ones return what it found."""
+    from gencompress.artifacts import check_output_dir
+    from gencompress.model import model_stem
+
+    meta = click.get_current_context().meta
+    if _OUTPUT not in meta:
+        out = Path(output_dir) if output_dir else DEFAULT_OUTPUT / model_stem(model_path)
+        meta[_OUTPUT] = {"out": out, "created": check_output_dir(out), "saved": False}
+    return meta[_OUTPUT]
+
+
+_OUTPUT = "gencompress.output"
+
+
 def _show(result, out: Path) -> None:
     """The artifact table, the summary lines and any failed gates (stdout; stderr with --json)."""
-    from gencompress.report.render import gate_failures_table, sensitivity_table, terminal_summary, terminal_table
+    from gencompress.report.render import (
+        gate_failures_table,
+        sensitivity_table,
+        terminal_summary,
+        terminal_table,
+    )
 
     report = result.report.model_dump(mode="json")
     if report["command"] == "analyze":
@@ -569,4 +465,14 @@ def _load_model(path, trust_code: bool, custom_objects):
 
 def main(argv=None):
     """Console entry point."""
-    cli.main(args=argv, prog_name="gencompress")
+    import signal
+
+    from gencompress.interrupts import STOP_SIGNALS
+
+    try:
+        cli.main(args=argv, prog_name="gencompress")
+    finally:
+        # Everything is written by now, and Python's shutdown with TensorFlow loaded takes
+        # seconds: a signal then ends the process at once, the system's way (128 + signal).
+        for s in STOP_SIGNALS:
+            signal.signal(s, signal.SIG_DFL)

@@ -65,11 +65,7 @@ class LoadedModel:
 
     @property
     def stem(self) -> str:
-        name = Path(self.path.rstrip("/")).name
-        for suffix in (".h5", ".hdf5", ".keras"):
-            if name.endswith(suffix):
-                return name[: -len(suffix)]
-        return name
+        return model_stem(self.path)
 
     @property
     def input_names(self) -> list[str]:
@@ -128,6 +124,16 @@ class LoadedModel:
                 }
             )
         return rows
+
+
+def model_stem(path: str | os.PathLike) -> str:
+    """The name a model's artifacts and default output folder take: the file name without
+    ``.h5``/``.hdf5``/``.keras``, or the SavedModel folder's name."""
+    name = Path(str(path).rstrip("/")).name
+    for suffix in (".h5", ".hdf5", ".keras"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def load_model(
@@ -247,6 +253,7 @@ def _load_saved_model_dir(p: Path, trust_code: bool, custom_objects: dict) -> Lo
 
 
 def _check_saved_keras_metadata(meta_path: Path, trust_code: bool, custom_objects: dict) -> None:
+    import_keras()  # TensorFlow's start-up, quietly, before tf_keras imports it
     from tf_keras.protobuf import saved_metadata_pb2
 
     meta = saved_metadata_pb2.SavedMetadata()
@@ -294,6 +301,14 @@ def _tensor_info(name, shape, dtype) -> TensorInfo:
 
 
 def _check_static_shapes(model: LoadedModel) -> None:
+    for kind, tensors in (("input", model.inputs), ("output", model.outputs)):
+        for t in tensors:
+            dtype = np.dtype(t.dtype)
+            if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+                raise UnsupportedModelError(
+                    f"{kind} '{t.name}' holds {'strings' if t.dtype == 'object' else t.dtype}: "
+                    "gencompress handles numeric inputs and outputs only (latents, labels, images)"
+                )
     for t in model.inputs:
         if any(d is None for d in t.shape[1:]):
             raise UnsupportedModelError(

@@ -8,6 +8,9 @@ Messages (``progress.log``) go to stderr either way, without breaking a bar bein
 
 tqdm, not hand-drawn bars: it is small, dependency-free, handles terminal width, rate and ETA,
 and ``tqdm.write`` keeps log lines above an active bar.
+
+A phase's start and end and each item are checkpoints for Ctrl-C (``interrupts.check``): an
+interrupt that something swallowed is raised again there.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import sys
 import time
 from contextlib import contextmanager
 from contextvars import ContextVar
+
+from gencompress.interrupts import check
 
 
 _CURRENT: ContextVar = ContextVar("gencompress_progress", default=None)
@@ -30,6 +35,7 @@ class Phase:
         self.detail = ""
 
     def update(self, n: int = 1) -> None:
+        check()
         self.done += n
         if self._bar is not None:
             self._bar.update(n)
@@ -76,6 +82,7 @@ class Progress:
 
     def log(self, message: str) -> None:
         """A line of its own on stderr (above any bar)."""
+        check()
         if not self.enabled:
             return
         if self.bars:
@@ -89,6 +96,7 @@ class Progress:
     @contextmanager
     def phase(self, label: str, total: int | None = None, unit: str = "it", every_percent: float | None = None):
         """Run a phase: yields a ``Phase``; says how long it took when it ends."""
+        check()
         bar = None
         if self.bars:
             from tqdm import tqdm
@@ -109,6 +117,7 @@ class Progress:
             if bar is not None:
                 bar.close()
             elapsed = time.perf_counter() - start
+            check()  # before the line: an interrupted phase did not end
             if self.enabled and (self.lines or self.bars):
                 detail = f" ({phase.detail})" if phase.detail else ""
                 self.log(f"{label}: {_duration(elapsed)}{detail}")

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: files
 
 
 class _Model(BaseModel):
@@ -388,6 +388,9 @@ class Report(_Model):
     distillation: Optional[DistillationSection] = None
     gates: Optional[GatesSection] = None
     recipe: Optional[RecipeRecord] = None
+    # The names of the files the run wrote into its folder (this report included): a later run
+    # into the same folder removes those it does not write again, so the folder holds one run.
+    files: list[str] = Field(default_factory=list)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2, exclude_none=False) + "\n"

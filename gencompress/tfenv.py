@@ -47,6 +47,11 @@ class native_output_captured:
     Converters print progress lines straight to the file descriptors, past Python's ``sys.stderr``;
     a CLI run should show the table, not that. The captured text is kept in ``.text`` so a
     failure can still say what the converter said.
+
+    The end is a checkpoint for Ctrl-C (``interrupts.check``): an interrupt that landed in the
+    native call came back, if at all, as the converter's own error or as nothing. The descriptors
+    are swapped with stop signals held back: an interrupt between the two ``dup2`` would leave
+    the terminal's stderr pointing at the capture file, and the error line with it.
     """
 
     def __enter__(self):
@@ -54,29 +59,46 @@ class native_output_captured:
         import tempfile
         import warnings
 
+        from gencompress.interrupts import deferred
+
         sys.stdout.flush()
         sys.stderr.flush()
-        self._file = tempfile.TemporaryFile(mode="w+b")
-        self._saved = [os.dup(1), os.dup(2)]
-        os.dup2(self._file.fileno(), 1)
-        os.dup2(self._file.fileno(), 2)
-        self._warnings = warnings.catch_warnings()
-        self._warnings.__enter__()
-        warnings.simplefilter("ignore")
         self.text = ""
+        try:
+            with deferred():  # a signal held back here is delivered as the block ends
+                self._file = tempfile.TemporaryFile(mode="w+b")
+                self._saved = [os.dup(1), os.dup(2)]
+                os.dup2(self._file.fileno(), 1)
+                os.dup2(self._file.fileno(), 2)
+                self._warnings = warnings.catch_warnings()
+                self._warnings.__enter__()
+                warnings.simplefilter("ignore")
+        except BaseException:
+            self.__exit__(None, None, None)  # no __exit__ follows a failed __enter__
+            raise
         return self
 
     def __exit__(self, *exc):
         import sys
 
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(self._saved[0], 1)
-        os.dup2(self._saved[1], 2)
-        for fd in self._saved:
-            os.close(fd)
-        self._warnings.__exit__(*exc)
-        self._file.seek(0)
-        self.text = self._file.read().decode(errors="replace")
-        self._file.close()
+        from gencompress.interrupts import check, deferred
+
+        with deferred():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if getattr(self, "_saved", None):
+                os.dup2(self._saved[0], 1)
+                os.dup2(self._saved[1], 2)
+                for fd in self._saved:
+                    os.close(fd)
+                self._saved = None
+            if getattr(self, "_warnings", None) is not None:
+                self._warnings.__exit__(*exc)
+                self._warnings = None
+            if getattr(self, "_file", None) is not None:
+                self._file.seek(0)
+                self.text = self._file.read().decode(errors="replace")
+                self._file.close()
+                self._file = None
+        check()
         return False

@@ -182,3 +182,19 @@ def _saved_reports_follow_the_schema():
     Result.save = save
     yield
     Result.save = original
+
+
+@pytest.fixture(scope="module")
+def exported(dcgan):
+    """Results of two library exports of one model, tflite only and both formats, to save again
+    and again (the fault tests: a new result replacing an old one, interrupted saves)."""
+    import gencompress as gc
+
+    config = dict(eval_samples=8, latency_runs=3)
+    results = {
+        "tflite": gc.export(dcgan, gc.ExportConfig(formats=("tflite",), **config)),
+        "all": gc.export(dcgan, gc.ExportConfig(**config)),
+    }
+    yield results
+    for r in results.values():
+        r.close()

@@ -51,14 +51,17 @@ class Result:
 
     def save(self, output_dir: str | os.PathLike) -> Path:
         """Write the artifacts, any derived model and picture, ``report.json``, ``report.md`` and
-        ``report.html`` into ``output_dir``, all together (see ``artifacts.save_files``).
+        ``report.html`` into ``output_dir``, all together (see ``artifacts.save_files``): they
+        replace a previous run's result there whole (its files this run does not write go).
         Returns the folder."""
-        from gencompress.artifacts import save_files
+        from gencompress.artifacts import check_output_dir, remove_created, save_files
         from gencompress.report.html import render_html
         from gencompress.report.render import markdown
 
         out = Path(output_dir) / self._subdir if self._subdir else Path(output_dir)
+        created = check_output_dir(out)
         self._point_to(out)
+        self.report.files = sorted([*self.files, "report.html", "report.json", "report.md"])
         report = self.report.model_dump(mode="json")
         files = {
             **self.files,
@@ -66,24 +69,54 @@ class Result:
             "report.md": markdown(report).encode(),
             "report.html": render_html(report, self.previews).encode(),
         }
-        save_files(files, out)
+        try:
+            save_files(files, out, replaces=previous_run_files(out))
+        except BaseException:
+            remove_created(created)
+            raise
         return out
 
+    def close(self) -> None:
+        """Remove the scratch folder now (it goes with this object otherwise); ``save`` no longer works."""
+        self._cache.close()
+
     def _point_to(self, out: Path) -> None:
-        """Paths in the report name where the files will be."""
-        where = {str(path): str(out / name) for name, path in self.files.items()}
-        where.update({str(out / name): str(out / name) for name in self.files})
+        """Paths in the report name where the files will be (a second ``save`` elsewhere too)."""
+        names = set(self.files)
+
+        def where(path):
+            return str(out / Path(path).name) if path and Path(path).name in names else path
+
         for a in self.report.artifacts:
-            a.path = where.get(a.path, a.path)
+            a.path = where(a.path)
         if self.report.pruning is not None:
-            self.report.pruning.pruned_model = where.get(self.report.pruning.pruned_model, self.report.pruning.pruned_model)
+            self.report.pruning.pruned_model = where(self.report.pruning.pruned_model)
         d = self.report.distillation
         if d is not None:
-            d.student_model = where.get(d.student_model, d.student_model)
-            d.samples = where.get(d.samples, d.samples) if d.samples else None
+            d.student_model = where(d.student_model)
+            d.samples = where(d.samples) if d.samples else None
 
     def __repr__(self) -> str:
         return f"<Result {self.report.command} {self.report.model.path}: {len(self.report.artifacts)} artifacts>"
+
+
+def previous_run_files(out: Path) -> list[str]:
+    """The files a previous gencompress run wrote into ``out``, as its ``report.json`` lists them
+    (reports from before ``files`` existed: its artifacts, models and picture)."""
+    import json
+
+    try:
+        report = json.loads((out / "report.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(report, dict) or "schema_version" not in report or "command" not in report:
+        return []  # not ours: leave the folder's other files alone
+    if isinstance(report.get("files"), list):
+        return [f for f in report["files"] if isinstance(f, str)]
+    paths = [a.get("path") for a in report.get("artifacts") or [] if isinstance(a, dict)]
+    paths += [(report.get("pruning") or {}).get("pruned_model")]
+    paths += [(report.get("distillation") or {}).get(k) for k in ("student_model", "samples")]
+    return ["report.json", "report.md"] + [Path(p).name for p in paths if isinstance(p, str) and p]
 
 
 def artifact_result(report: Report, fmt: str, precision: str) -> ArtifactResult | None:

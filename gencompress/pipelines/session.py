@@ -300,6 +300,14 @@ def artifact(session: Session, fmt: str, precision: str = "float32", variant: st
 
 
 def record_failure(session: Session, fmt: str, precision: str, error, variant: str | None = None) -> None:
+    """Keep a precision a converter could not build; a full disk or an interrupt stops the run
+    instead (every later conversion would fail the same way, for no fault of the model)."""
+    from gencompress.errors import OutputError, disk_full
+    from gencompress.interrupts import check
+
+    check()
+    if disk_full(error):
+        raise OutputError(f"no space left for the run's scratch files in {session.workdir.parent}: {error}") from error
     session.failures.append(Failure(format=fmt, precision=precision, error=str(error), variant=variant))
 
 

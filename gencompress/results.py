@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.1"  # 1.1: files
+SCHEMA_VERSION = "1.1"  # 1.1: files, gates, recipe, runtime (onnxruntime graph), search compute classes and rule
 
 
 class _Model(BaseModel):

@@ -199,26 +199,29 @@ def test_distill_command_then_int8(dcgan_h5, tmp_path):
     assert "student: 861 parameters, 46.2% of the teacher's 1,865" in result.output
     report = json.loads((out / "report.json").read_text())
     kinds = [(a["format"], a["precision"], a.get("variant")) for a in report["artifacts"]]
-    assert kinds == [
+    # ONNX: onnxruntime runs this student's ConvTranspose in float either way (no int8 kernel),
+    # so the search keeps it float on purpose (mixed) rather than ship int8 classed slow
+    onnx_int8 = report["artifacts"][5]["precision"]
+    assert onnx_int8 in ("int8", "mixed") and kinds == [
         ("tflite", "float32", None), ("onnx", "float32", None),
-        ("tflite", "float32", "student"), ("tflite", "int8", "student"), ("onnx", "float32", "student"), ("onnx", "int8", "student"),
+        ("tflite", "float32", "student"), ("tflite", "int8", "student"), ("onnx", "float32", "student"), ("onnx", onnx_int8, "student"),
     ]
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(
         ["dcgan.float32.tflite", "dcgan.float32.onnx", "dcgan-student.h5", "dcgan-student.float32.tflite", "dcgan-student.int8.tflite",
-         "dcgan-student.float32.onnx", "dcgan-student.int8.onnx", "report.html", "report.json", "report.md", "samples.png"]
+         "dcgan-student.float32.onnx", f"dcgan-student.{onnx_int8}.onnx", "report.html", "report.json", "report.md", "samples.png"]
     )
     d = report["distillation"]
     assert (d["teacher_params"], d["student_params"], d["width"]) == (1865, 861, 0.5)
     assert d["finetune"]["steps_run"] == 200 and d["finetune"]["best_psnr_db"] > d["finetune"]["initial_psnr_db"] + 3
     for row in d["side_by_side"]:  # the student's artifacts: smaller than the teacher's, close to it
         # (not ONNX int8: on a 1.9K-parameter model the QDQ nodes' scales outweigh the weights)
-        if (row["format"], row["precision"]) != ("onnx", "int8"):
+        if row["format"] != "onnx" or row["precision"] == "float32":
             assert row["size_ratio"] < (0.8 if row["precision"] == "float32" else 0.6), row
         assert row["psnr_db"] >= 20.0, row
     for a in report["artifacts"]:
         assert a["passed"] is (True if a.get("variant") == "student" else None)
-        if a["precision"] == "int8":
+        if a["precision"] in ("int8", "mixed"):
             assert a["fallback"]["target_psnr_db"] == 20.0
     md = (out / "report.md").read_text()
     assert "## Distillation" in md and "project 128→64" in md

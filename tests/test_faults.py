@@ -119,7 +119,7 @@ def test_full_disk_on_a_real_small_filesystem(dcgan_h5, tmp_path):
     assert_one_error(result, 5, "no space left to write into")
     assert "is as it was" in result.stderr
     assert (tmp_path / "after").read_text() == (tmp_path / "before").read_text()
-    assert (tmp_path / "listing").read_text().split() == ["dcgan.float32.tflite", "report.json", "report.md"]
+    assert (tmp_path / "listing").read_text().split() == ["dcgan.float32.tflite", "report.html", "report.json", "report.md"]
     # The scratch folder full: one line, the machine's fault (5), nothing left in it.
     assert "rc2=5" in done.stdout, done.stdout + (tmp_path / "stderr2").read_text()
     assert_one_error(subprocess.CompletedProcess([], 5, "", (tmp_path / "stderr2").read_text()), 5, "no space left")
@@ -302,7 +302,7 @@ def test_a_new_result_replaces_the_previous_one_whole(exported, tmp_path):
     del report["files"]
     (out / "report.json").write_text(json.dumps(report))
     exported["tflite"].save(out)
-    assert sorted(os.listdir(out)) == ["dcgan.float32.tflite", "my-notes.txt", "report.json", "report.md"]
+    assert sorted(os.listdir(out)) == ["dcgan.float32.tflite", "my-notes.txt", "report.html", "report.json", "report.md"]
 
 
 def test_someone_elses_report_is_left_alone(exported, tmp_path):

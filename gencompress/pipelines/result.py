@@ -78,7 +78,8 @@ class Result:
 
     def close(self) -> None:
         """Remove the scratch folder now (it goes with this object otherwise); ``save`` no longer works."""
-        self._cache.close()
+        if self._cache is not None:  # analyze writes no artifacts: no scratch folder
+            self._cache.close()
 
     def _point_to(self, out: Path) -> None:
         """Paths in the report name where the files will be (a second ``save`` elsewhere too)."""

@@ -201,7 +201,7 @@ def test_selection_rules():
     near_better = a("int8, saturation-aware", 1005, 40.0, True)
     bigger = a("mixed", 1300, 50.0, True, "mixed")
     failing = a("int8, other", 900, 20.0, False)
-    weights = a("weight-only int8", 800, 45.0, True, "float")
+    weights = a("weight-only int8", 1100, 45.0, True, "float")
     # within a class: smallest passing; within 1 % of it the best PSNR wins (deterministic)
     assert choose([small, near_better, bigger, failing])[0] is near_better
     # speed first: a full-int8 pick beats a smaller float-compute one; size takes the smallest
@@ -209,6 +209,12 @@ def test_selection_rules():
     assert chosen is bigger and rule.startswith("speed") and "(mixed)" in rule
     assert choose([bigger, weights], prefer="size")[0] is weights
     assert choose([small, bigger, weights])[0] is small
+    # speed within 1.25x the smallest passing size: a mixed pick that keeps a big Dense float
+    # (3x the size) loses to a smaller one on a slow kernel
+    heavy = a("mixed, big Dense float", 3000, 42.0, True, "mixed")
+    slow = a("int8", 1000, 35.0, True, "slow")
+    chosen, rule = choose([heavy, slow])
+    assert chosen is slow and "(slow)" in rule and "1.25x" in rule
     # nothing passes: the best PSNR is kept (and graded as failing)
     better = a("x", 100, 25.0, False)
     assert choose([failing, better])[0] is better

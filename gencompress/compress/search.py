@@ -22,7 +22,7 @@ Search order:
 
 The pick (``choose``): with ``prefer="speed"`` (the default) the passing attempts of the fastest
 compute class win (full int8, then mixed, then float compute, then slow kernels), the smallest
-of them; ``prefer="size"`` takes the smallest passing attempt whatever it computes in. Classes
+of them, among those within 25 % of the smallest passing size; ``prefer="size"`` takes the smallest passing attempt whatever it computes in. Classes
 are read from the graphs, never from timings, so the same call picks the same artifact.
 Every attempt is built and measured (size, PSNR, latency) for real.
 """
@@ -194,9 +194,13 @@ def choose(attempts: list[Attempt], prefer: str = "speed") -> tuple[Attempt, str
         return max(attempts, key=lambda a: -1.0 if a.psnr_db is None else a.psnr_db), "nothing met the target: the best PSNR"
     rule = "size: the smallest passing artifact"
     if prefer == "speed":
-        fastest = min(SPEED_CLASSES.index(a.compute) for a in passing)
-        passing = [a for a in passing if SPEED_CLASSES.index(a.compute) == fastest]
-        rule = f"speed: the smallest passing artifact of the fastest compute class ({SPEED_CLASSES[fastest]})"
+        # speed within a size budget: a class whose artifacts all weigh more than 1.25x the
+        # smallest passing one (a big Dense kept float) is not what int8 was asked for
+        budget = min(a.size_bytes for a in passing) * SPEED_SIZE_BUDGET
+        fastest = min(SPEED_CLASSES.index(a.compute) for a in passing if a.size_bytes <= budget)
+        passing = [a for a in passing if SPEED_CLASSES.index(a.compute) == fastest and a.size_bytes <= budget]
+        rule = (f"speed: the smallest passing artifact of the fastest compute class ({SPEED_CLASSES[fastest]}) "
+                f"within {SPEED_SIZE_BUDGET:g}x the smallest passing size")
     smallest = min(a.size_bytes for a in passing)
     near = [a for a in passing if a.size_bytes <= smallest * 1.01]
     return max(near, key=lambda a: (a.psnr_db, -a.size_bytes)), rule

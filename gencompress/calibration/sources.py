@@ -39,6 +39,9 @@ class CalibrationSet:
     def take(self, n: int) -> "CalibrationSet":
         return CalibrationSet({k: v[:n] for k, v in self.arrays.items()}, self.source)
 
+    def pick(self, indices) -> "CalibrationSet":
+        return CalibrationSet({k: v[list(indices)] for k, v in self.arrays.items()}, self.source)
+
     def describe(self) -> dict:
         return {"source": self.source, "samples": len(self)}
 

@@ -93,8 +93,9 @@ def training_options(defaults: C.TrainingConfig, what: str):
     def decorate(f):
         for option in reversed(
             [
-                click.option("--steps", type=int, help=f"{what}most training steps (stops early when held-out PSNR stalls) [default: {defaults.steps}]."),
-                click.option("--batch-size", type=int, help=f"{what}batch size (global: split across replicas when distributed) [default: {defaults.batch_size}]."),
+                click.option("--steps", type=int, help=f"{what}most training steps (stops early when held-out PSNR stalls) [default: what fits in {defaults.target_seconds:g} s at the model's measured cost, at most {defaults.max_steps}; the report records the choice]."),
+                click.option("--batch-size", type=int, help=f"{what}batch size (global: split across replicas when distributed) [default: {defaults.max_batch_size}, halved down to {defaults.min_batch_size} for models too costly for enough steps in that time]."),
+                click.option("--time-budget", help=f"{what}stop fine-tuning when this much time is spent, e.g. 90s, 10m, 1h (the best weights so far are kept; shared by both fine-tunings with --then qat) [default: none]."),
                 click.option("--learning-rate", type=float, help=f"{what}Adam learning rate (halved on plateaus) [default: {defaults.learning_rate:g}]."),
                 click.option("--data", type=click.Path(), help=f"{what}inputs to calibrate and train on: a .npy/.npz file or an image folder (as --calibration; default: noise)."),
                 click.option("--distribute", type=click.Choice(C.DISTRIBUTE), help=f"{what}mirrored: all local GPUs (or logical CPUs); multi-worker: the cluster in TF_CONFIG [default: none]."),
@@ -107,8 +108,8 @@ def training_options(defaults: C.TrainingConfig, what: str):
     return decorate
 
 
-def _training(defaults: C.TrainingConfig, steps=None, batch_size=None, learning_rate=None, distribute=None, **more) -> C.TrainingConfig:
-    given = {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "distribute": distribute, **more}
+def _training(defaults: C.TrainingConfig, steps=None, batch_size=None, learning_rate=None, distribute=None, time_budget=None, **more) -> C.TrainingConfig:
+    given = {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "distribute": distribute, "time_budget": time_budget, **more}
     return C.replace(defaults, **{k: v for k, v in given.items() if v is not None})
 
 
@@ -170,7 +171,7 @@ Q = C.QuantizeConfig
 @click.option("--method", default=default_of(Q, "method"), show_default=True, type=click.Choice(C.METHODS), help="ptq: post-training only; qat: also quantization-aware training (fine-tuned against the float model), written as <stem>-qat.int8.* beside the post-training artifacts.")
 @training_options(C.QAT_TRAINING, "--method qat: ")
 def quantize(model, output_dir, trust_code, custom_objects, modes, int8_io, calibration_method, min_psnr, prefer, method,
-             steps, batch_size, learning_rate, data, distribute, cpu_devices, **run_kwargs):
+             steps, batch_size, time_budget, learning_rate, data, distribute, cpu_devices, **run_kwargs):
     """Quantize MODEL post-training (or with QAT); writes float32 references and quantized .tflite/.onnx.
 
     \b
@@ -180,12 +181,12 @@ def quantize(model, output_dir, trust_code, custom_objects, modes, int8_io, cali
       gencompress quantize model.keras --method qat --data latents.npy
     """
     if method == "ptq":
-        given = [n for n, v in (("--steps", steps), ("--batch-size", batch_size), ("--learning-rate", learning_rate), ("--data", data), ("--distribute", distribute)) if v is not None]
+        given = [n for n, v in (("--steps", steps), ("--batch-size", batch_size), ("--time-budget", time_budget), ("--learning-rate", learning_rate), ("--data", data), ("--distribute", distribute)) if v is not None]
         if given:
             raise OptionError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to --method qat")
     strategy = _strategy(distribute, cpu_devices)  # before TensorFlow's runtime starts
     run_kwargs, calibration = _split(run_kwargs, data)
-    qat = _training(C.QAT_TRAINING, steps, batch_size, learning_rate, distribute)
+    qat = _training(C.QAT_TRAINING, steps, batch_size, learning_rate, distribute, time_budget)
     config = Q(modes=modes, int8_io=int8_io, calibration_method=calibration_method, min_psnr=min_psnr, prefer=prefer, method=method, qat=qat, **run_kwargs)
     _run("quantize", model, output_dir, trust_code, custom_objects, config, calibration, strategy=strategy)
 
@@ -260,7 +261,7 @@ _then = _comma_list(C.MODES + ("qat",), C.MODES)
 @click.option("--then", "then", callback=_then, help="Also quantize the pruned model (and the original, for comparison): comma-separated float16, dynamic, int8, int16x8, qat (pruning-preserving quantization-aware training), or 'all' (post-training ones).")
 @click.option("--min-psnr", default=default_of(P, "min_psnr"), show_default=True, type=float, help="With --then int8: the quantize step's fidelity target for the pruned model, in dB against the original (0 turns the guard off).")
 def prune_command(model, output_dir, trust_code, custom_objects, sparsity, schedule, begin_step, end_step, structure, layers, skip_first,
-                  skip_last, steps, batch_size, learning_rate, data, distribute, cpu_devices, then, min_psnr, **run_kwargs):
+                  skip_last, steps, batch_size, time_budget, learning_rate, data, distribute, cpu_devices, then, min_psnr, **run_kwargs):
     """Prune MODEL's weights by magnitude, fine-tune it to match the original, export it.
 
     Fine-tuning needs no training data: the original model is the teacher, fed noise latents
@@ -277,7 +278,7 @@ def prune_command(model, output_dir, trust_code, custom_objects, sparsity, sched
     run_kwargs, calibration = _split(run_kwargs, data)
     config = P(
         sparsity=sparsity, schedule=schedule, begin_step=begin_step, end_step=end_step, structure=structure, layers=layers,
-        skip_first=skip_first, skip_last=skip_last, training=_training(C.PRUNE_TRAINING, steps, batch_size, learning_rate, distribute),
+        skip_first=skip_first, skip_last=skip_last, training=_training(C.PRUNE_TRAINING, steps, batch_size, learning_rate, distribute, time_budget),
         then=then or (), min_psnr=min_psnr, **run_kwargs,
     )
     _run("prune", model, output_dir, trust_code, custom_objects, config, calibration, strategy=strategy)
@@ -294,13 +295,13 @@ D = C.DistillConfig
 @click.option("--student", "student_path", type=click.Path(), help="Student architecture (.h5/.keras) with the teacher's inputs and outputs, instead of --width.")
 @training_options(C.DISTILL_TRAINING, "")
 @click.option("--loss", default=C.DISTILL_TRAINING.loss, show_default=True, type=click.Choice(C.LOSSES), help="Pixel loss against the teacher's outputs.")
-@click.option("--eval-every", default=C.DISTILL_TRAINING.eval_every, show_default=True, type=int, help="Steps between held-out evaluations (and checkpoints).")
+@click.option("--eval-every", default=C.DISTILL_TRAINING.eval_every, show_default=True, type=int, help="Steps between held-out evaluations (and checkpoints); raised where evaluating would cost over a tenth of the training.")
 @click.option("--patience", default=C.DISTILL_TRAINING.patience, show_default=True, type=int, help="Evaluations without gain before stopping.")
 @click.option("--feature-loss", default=default_of(D, "feature_weight"), show_default=True, type=float, help="Weight of intermediate feature matching (learned 1x1 projections, training only); 0 turns it off.")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), help="Save training state here after every evaluation; a rerun with the same directory resumes.")
 @click.option("--then", "then", callback=_then, help="Also quantize the student: comma-separated float16, dynamic, int8, int16x8, qat (quantization-aware training against the teacher), or 'all' (post-training ones).")
 @click.option("--min-psnr", default=default_of(D, "min_psnr"), show_default=True, type=float, help="Target for the student's artifacts in dB against the teacher; with --then int8 the quantize step's fidelity guard aims for it (0: off).")
-def distill_command(model, output_dir, trust_code, custom_objects, width, depth, student_path, steps, batch_size, learning_rate, data, distribute,
+def distill_command(model, output_dir, trust_code, custom_objects, width, depth, student_path, steps, batch_size, time_budget, learning_rate, data, distribute,
                     cpu_devices, loss, eval_every, patience, feature_loss, checkpoint_dir, then, min_psnr, **run_kwargs):
     """Distil MODEL (the teacher) into a smaller student trained to reproduce its outputs.
 
@@ -318,7 +319,7 @@ def distill_command(model, output_dir, trust_code, custom_objects, width, depth,
         raise OptionError("--student is the student's architecture: give it or --width, not both")
     strategy = _strategy(distribute, cpu_devices)  # before TensorFlow's runtime starts (multi-worker needs it)
     run_kwargs, calibration = _split(run_kwargs, data)
-    training = _training(C.DISTILL_TRAINING, steps, batch_size, learning_rate, distribute, loss=loss, eval_every=eval_every, patience=patience)
+    training = _training(C.DISTILL_TRAINING, steps, batch_size, learning_rate, distribute, time_budget, loss=loss, eval_every=eval_every, patience=patience)
     config = D(
         width=None if student_path else (default_of(D, "width") if width is None else width), depth=depth, feature_weight=feature_loss,
         training=training, then=then or (), min_psnr=min_psnr, checkpoint_dir=checkpoint_dir, **run_kwargs,

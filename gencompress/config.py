@@ -120,7 +120,7 @@ class TrainingConfig:
     distribute: str = "none"
     max_steps: int = 1000
     max_batch_size: int = 64
-    min_batch_size: int = 1
+    min_batch_size: int = 8
     target_seconds: float = 240.0
     time_budget: float | str | None = None
     xla: bool = False

@@ -180,13 +180,9 @@ def train_to_match(
         dataset = _input_dataset(tf, source, input_names)
         resumed = _compile(tf, keras, student, teacher, input_names, config, extra_loss, strategy, checkpoint, result)
         if resumed is not None:
-            _load_state(result, resumed)
-            _set_learning_rate(student.optimizer, resumed["learning_rate"])  # with the plateau cuts so far
-            if resumed["step"]:
-                dataset = _input_dataset(tf, _Skipped(source, resumed["step"]), input_names)
-            if resumed["stopped_early"] or resumed["step"] >= config.rounds * config.eval_every:
-                _restore_best(student, resumed.get("best_weights"), result)  # nothing left to train
-                return result
+            dataset = _resume(tf, student, source, input_names, config, resumed, result) or dataset
+            if result.steps_run >= config.rounds * config.eval_every or result.stopped_early:
+                return result  # nothing left to train: the best weights are back
         total = config.rounds * config.eval_every
         with progress.phase("fine-tuning", total=total, unit="step", every_percent=5) as phase:
             phase.update(result.steps_run)
@@ -207,6 +203,16 @@ def train_to_match(
         result.seconds = time.perf_counter() - start
     progress.log(_summary_line(result))
     return result
+
+
+def _resume(tf, student, source, input_names, config, resumed, result):
+    """Take a checkpoint's loop state: history, learning rate (with the plateau cuts so far) and,
+    where nothing is left to train, the best weights; returns the input stream past its step."""
+    _load_state(result, resumed)
+    _set_learning_rate(student.optimizer, resumed["learning_rate"])
+    if resumed["stopped_early"] or resumed["step"] >= config.rounds * config.eval_every:
+        _restore_best(student, resumed.get("best_weights"), result)
+    return _input_dataset(tf, _Skipped(source, resumed["step"]), input_names) if resumed["step"] else None
 
 
 def _compile(tf, keras, student, teacher, input_names, config, extra_loss, strategy, checkpoint, result):

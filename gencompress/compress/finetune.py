@@ -360,7 +360,9 @@ class _Clock:
     """Keras callback: progress after every step, and the stop when the time budget is spent.
 
     It stops when the budget left would not cover another step and one more evaluation (the
-    last ones' durations), so the run ends inside the budget with its last weights scored.
+    median of the last few steps, the last evaluation), so the run ends inside the budget with
+    its last weights scored. The first step is no estimate: it traces the step function (seconds
+    on a small model that then steps in milliseconds) and would end a short budget at once.
     Under a multi-worker strategy every worker stops at the same step (the decision is reduced).
     """
 
@@ -371,12 +373,16 @@ class _Clock:
         class Clock(keras.callbacks.Callback):
             def on_train_begin(self, logs=None):
                 self.step, self.last = result.steps_run, time.perf_counter()
+                self.durations, self.traced = [], False  # the first step of a fit traces the function
                 if budget is not None:
                     phase.deadline = start + budget
 
             def on_train_batch_end(self, batch, logs=None):
                 now = time.perf_counter()
-                step_seconds, self.last = now - self.last, now
+                if self.traced:
+                    self.durations = self.durations[-4:] + [now - self.last]
+                self.traced = True
+                self.last = now
                 self.step += 1
                 h = result.history[-1]
                 phase.describe(
@@ -387,7 +393,8 @@ class _Clock:
                 if budget is None or self.step >= total:
                     return
                 spent = now - start
-                if _any_worker(strategy, spent + step_seconds + score.seconds >= budget):
+                next_step = float(np.median(self.durations)) if self.durations else 0.0
+                if _any_worker(strategy, spent + next_step + score.seconds >= budget):
                     self.model.stop_training = True
                     result.stopped_early, result.stopped_by = True, "time budget"
 

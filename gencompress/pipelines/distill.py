@@ -13,6 +13,7 @@ from gencompress.compress.distillation.checkpoint import TrainingCheckpoint
 from gencompress.compress.distribute import is_chief, scope, strategy_info
 from gencompress.config import QAT_TRAINING, DistillConfig
 from gencompress.errors import OptionError, UnsupportedModelError
+from gencompress.model import flat_copy
 from gencompress.pipelines.build import build_artifacts
 from gencompress.pipelines.grading import grade
 from gencompress.pipelines.result import Result
@@ -50,6 +51,9 @@ def distill(teacher, config: DistillConfig | None = None, calibration: Calibrati
     from gencompress.tfenv import import_tf
 
     import_tf()
+    # Layers of nested models (a Sequential body inside a functional wrapper) at the top level:
+    # the student is derived from, and features matched against, this same-output flat copy.
+    teacher = dataclasses.replace(teacher, keras_model=flat_copy(teacher.keras_model))
     # The student first: architecture errors before any work.
     with scope(strategy):
         if student is None:

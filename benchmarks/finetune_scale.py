@@ -72,8 +72,9 @@ def _students(kind: str, loaded, session_like):
 
         return build_qat_model(teacher, session_like).model
     from gencompress.compress.distillation import derive_student
+    from gencompress.model import flat_copy
 
-    return derive_student(teacher, DistillConfig(), seed=0)[0]
+    return derive_student(flat_copy(teacher), DistillConfig(), seed=0)[0]  # as the pipeline: nested bodies inlined
 
 
 def _bare_step(tf, keras, student, teacher, x, xla: bool):

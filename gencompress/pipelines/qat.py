@@ -72,7 +72,7 @@ def add_qat_artifacts(
         f"QAT: {len(built.quantized)} layers quantized, {sum(r['folded'] for r in built.batchnorm)} BatchNorm folded, "
         f"{len(built.left_float)} left float; ranges calibrated on {built.calibration_samples} samples"
     )
-    result, restored = _finetune(session, qat, teacher, training, strategy, float_model=keras_model)
+    result, restored, training = _finetune(session, qat, teacher, training, strategy, float_model=keras_model)
 
     held = _ordered(session.evaluation.arrays, list(qat.input_names))
     qat_outputs = [np.asarray(y) for y in _as_list(qat.predict(held, batch_size=64, verbose=0))]
@@ -94,7 +94,7 @@ def add_qat_artifacts(
             **result.summary(),
             "kept_calibrated_start": restored,
             "final_psnr_db": _round(result.initial_psnr_db if restored or result.best_psnr_db is None else result.best_psnr_db),
-            "config": dataclasses.asdict(training) if training.resolved else None,
+            "config": dataclasses.asdict(training),  # as planned: steps and batch decided
         },
         qat_keras_psnr_db=fidelity(session.reference, qat_outputs, session.output_range)["psnr_db"],
         agreement_target_db=AGREEMENT_DB,
@@ -116,7 +116,8 @@ def add_qat_artifacts(
 
 
 def _finetune(session: Session, qat, teacher, training: TrainingConfig, strategy=None, float_model=None):
-    """Fine-tune the QAT model against the teacher; returns ``(result, kept the calibrated start)``."""
+    """Fine-tune the QAT model against the teacher; returns ``(result, kept the calibrated start,
+    the training config with its steps and batch planned)``."""
     from gencompress.compress.finetune import train_to_match, training_sources
     from gencompress.compress.finetune_plan import PROBE_BATCH, resolve_training
 
@@ -143,7 +144,7 @@ def _finetune(session: Session, qat, teacher, training: TrainingConfig, strategy
         qat.set_weights(start_weights)
         restored = True
     settle_weight_ranges(qat)
-    return result, restored
+    return result, restored, training
 
 
 def _agreement(session: Session, art, data: bytes, fmt: str, qat, qat_outputs) -> QatExport:

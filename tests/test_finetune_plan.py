@@ -210,3 +210,18 @@ def test_prune_command_plans_from_the_cost(dcgan_h5, tmp_path):
     # A constant schedule prunes to the target from the first step: the sparsity is the request.
     assert abs(report["pruning"]["measured_sparsity"] - 0.5) <= 0.01
     assert "fine-tuning: measuring the step cost" in result.stderr and "ms a sample at batch" in result.stderr
+
+
+def test_budget_before_the_pruning_target_is_said(teacher):
+    from gencompress.compress.pruning import prune_model
+    from gencompress.config import PruneConfig
+
+    # A polynomial schedule over 100,000 steps reaches 0.5 near step 50,000: a 12 s budget ends it
+    # far sooner, and the result says so rather than passing a lower sparsity off as the request.
+    config = PruneConfig(sparsity=0.5, training=TrainingConfig(steps=100_000, batch_size=8, eval_every=20, time_budget=12))
+    _, info = prune_model(teacher, config)
+    assert info.finetune["stopped_by"] == "time budget" and info.finetune["steps_run"] < 50_000
+    assert info.measured_sparsity < 0.4
+    target_at = config.effective_schedule()["target_at"]  # 49,981: on the mask-update grid
+    assert target_at > 49_000
+    assert any(f"before the schedule reaches the target sparsity at step {target_at}" in n for n in info.finetune["notes"]), info.finetune["notes"]

@@ -235,6 +235,11 @@ def prune_model(
         callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *callbacks],
         progress=progress, strategy=strategy, plan=plan,
     )
+    if result.steps_run < schedule["target_at"]:
+        result.notes.append(
+            f"training ended at step {result.steps_run} ({result.stopped_by}), before the schedule reaches the target sparsity "
+            f"at step {schedule['target_at']}: the measured sparsity is below the request (a --schedule constant reaches it from the start)"
+        )
     wrappers = [layer for layer in iter_layers(wrapped) if isinstance(layer, internals().PruneLowMagnitude)]
     # weights = weights * mask: the last optimizer step moved masked weights off 0. Not tfmot's
     # weight_mask_op: under a tf.distribute strategy it fails outside a replica context.

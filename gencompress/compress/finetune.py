@@ -410,7 +410,7 @@ def _any_worker(strategy, flag: bool) -> bool:
     if resolver is None or not getattr(resolver, "task_type", None):
         return bool(flag)
     tf = import_tf()
-    value = strategy.reduce(tf.distribute.ReduceOp.MAX, strategy.run(lambda: tf.constant(float(flag))), axis=None)
+    value = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(float(flag))), axis=None)  # no MAX in tf.distribute
     return bool(float(value) > 0)
 
 

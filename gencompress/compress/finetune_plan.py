@@ -180,9 +180,10 @@ def resolve_training(config: TrainingConfig, cost_model, teacher, inputs: dict, 
 
 
 def _agreed(strategy, value: float) -> float:
-    """Under a multi-worker strategy every worker must plan alike: the largest measured cost."""
+    """Under a multi-worker strategy every worker must plan alike: the mean of the measured costs
+    (tf.distribute reduces by SUM or MEAN only; any value every worker shares would do)."""
     resolver = getattr(strategy, "cluster_resolver", None) if strategy is not None else None
     if resolver is None or not getattr(resolver, "task_type", None):
         return value
     tf = import_tf()
-    return float(strategy.reduce(tf.distribute.ReduceOp.MAX, strategy.run(lambda: tf.constant(value, tf.float32)), axis=None))
+    return float(strategy.reduce(tf.distribute.ReduceOp.MEAN, strategy.run(lambda: tf.constant(value, tf.float32)), axis=None))

@@ -167,7 +167,7 @@ def train_to_match(
     if plan is not None and plan.get("held_out_samples") and plan["held_out_samples"] < len(held):
         held = held.take(plan["held_out_samples"])
     input_names = list(student.input_names)
-    score = _Scorer(tf, student, teacher, held, input_names, output_range)
+    score = _Scorer(tf, student, teacher, held, input_names, output_range, strategy=strategy)
     result = FinetuneResult(plan=dict(plan or {}), devices=training_devices(strategy))
     frozen = _freeze_batchnorm(student, keras) if config.freeze_batchnorm else []
     progress = _as_progress(progress)
@@ -278,10 +278,13 @@ class _Scorer:
     """Held-out PSNR of the student against the teacher's outputs (computed once), through one
     compiled forward function over fixed batches (no ``predict`` set-up per evaluation)."""
 
-    def __init__(self, tf, student, teacher, held, input_names, output_range, batch: int = 64):
+    def __init__(self, tf, student, teacher, held, input_names, output_range, batch: int = 64, strategy=None):
         self.inputs = [np.asarray(held.arrays[n]) for n in input_names]
         self.batch, self.range = batch, output_range
-        self.forward = tf.function(lambda *x: student(x[0] if len(x) == 1 else list(x), training=False))
+        if strategy is None:
+            self.forward = tf.function(lambda *x: student(x[0] if len(x) == 1 else list(x), training=False))
+        else:  # a distributed model is called in a replica context (tfmot's pruning wrappers assign in theirs)
+            self.forward = lambda *x: student.predict(x[0] if len(x) == 1 else list(x), batch_size=batch, verbose=0)
         self.reference = _as_list(teacher.predict(_ordered(held.arrays, input_names), batch_size=batch, verbose=0))
         self.seconds = 0.0  # the last evaluation's
 

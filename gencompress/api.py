@@ -16,7 +16,7 @@ given (the CLI gives one that draws bars on a terminal and prints a line per pha
 from __future__ import annotations
 
 from gencompress.calibration import Calibration
-from gencompress.config import AnalyzeConfig, DistillConfig, ExportConfig, PruneConfig, QuantizeConfig
+from gencompress.config import AnalyzeConfig, DistillConfig, ExportConfig, PruneConfig, QuantizeConfig, replace
 from gencompress.model import LoadedModel, from_keras
 from gencompress.model import load_model as _load_model
 from gencompress.pipelines.result import Result
@@ -31,11 +31,14 @@ def load_model(path, trust_code: bool = False, custom_objects: str | None = None
 
 
 def quantize(model: LoadedModel, config: QuantizeConfig | None = None, calibration: Calibration | None = None,
-             progress: Progress | None = None, strategy=None) -> Result:
-    """Post-training quantization (and, with ``method="qat"``, quantization-aware training)."""
+             progress: Progress | None = None, strategy=None, *, time_budget: float | str | None = None) -> Result:
+    """Post-training quantization (and, with ``method="qat"``, quantization-aware training).
+    ``time_budget`` (seconds, or ``"10m"``): QAT's fine-tuning stops when it is spent, best weights kept."""
     from gencompress.pipelines.quantize import quantize as run
 
     config = config or QuantizeConfig()
+    if time_budget is not None:
+        config = replace(config, qat=replace(config.qat, time_budget=time_budget))
     if config.method == "qat":
         strategy = strategy or _strategy(config.qat)
     return run(model, config, calibration, progress, strategy)
@@ -58,20 +61,28 @@ def analyze(model: LoadedModel, config: AnalyzeConfig | None = None, calibration
 
 
 def prune(model: LoadedModel, config: PruneConfig | None = None, calibration: Calibration | None = None,
-          progress: Progress | None = None, strategy=None) -> Result:
-    """Magnitude pruning with data-free fine-tuning; ``result.model`` is the pruned Keras model."""
+          progress: Progress | None = None, strategy=None, *, time_budget: float | str | None = None) -> Result:
+    """Magnitude pruning with data-free fine-tuning; ``result.model`` is the pruned Keras model.
+    Steps and batch size left ``None`` in ``config.training`` are chosen from the model's measured
+    cost; ``time_budget`` (seconds, or ``"10m"``) ends the fine-tuning, best weights kept."""
     from gencompress.pipelines.prune import prune as run
 
     config = config or PruneConfig()
+    if time_budget is not None:
+        config = replace(config, training=replace(config.training, time_budget=time_budget))
     return run(model, config, calibration, progress, strategy or _strategy(config.training))
 
 
 def distill(model: LoadedModel, config: DistillConfig | None = None, calibration: Calibration | None = None, *,
-            student: LoadedModel | None = None, progress: Progress | None = None, strategy=None) -> Result:
-    """A smaller student trained to reproduce ``model``; ``result.model`` is the student."""
+            student: LoadedModel | None = None, progress: Progress | None = None, strategy=None,
+            time_budget: float | str | None = None) -> Result:
+    """A smaller student trained to reproduce ``model``; ``result.model`` is the student.
+    ``time_budget`` (seconds, or ``"10m"``) ends its training, best weights kept."""
     from gencompress.pipelines.distill import distill as run
 
     config = config or DistillConfig()
+    if time_budget is not None:
+        config = replace(config, training=replace(config.training, time_budget=time_budget))
     return run(model, config, calibration, student=student, progress=progress, strategy=strategy or _strategy(config.training))
 
 

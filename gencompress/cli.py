@@ -139,7 +139,7 @@ Q = C.QuantizeConfig
 @gate_options
 @record_options
 def quantize(model, output_dir, trust_code, custom_objects, modes, int8_io, calibration_method, min_psnr, prefer, method,
-             steps, batch_size, learning_rate, data, distribute, cpu_devices, **run_kwargs):
+             steps, batch_size, time_budget, learning_rate, data, distribute, cpu_devices, **run_kwargs):
     """Quantize MODEL post-training (or with QAT); writes float32 references and quantized .tflite/.onnx.
 
     \b
@@ -150,13 +150,13 @@ def quantize(model, output_dir, trust_code, custom_objects, modes, int8_io, cali
       gencompress quantize model.keras --method qat --data latents.npy
     """
     if method == "ptq":
-        given = [n for n, v in (("--steps", steps), ("--batch-size", batch_size), ("--learning-rate", learning_rate), ("--data", data), ("--distribute", distribute)) if v is not None]
+        given = [n for n, v in (("--steps", steps), ("--batch-size", batch_size), ("--time-budget", time_budget), ("--learning-rate", learning_rate), ("--data", data), ("--distribute", distribute)) if v is not None]
         if given:
             raise OptionError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to --method qat or auto")
     _output(model, output_dir)  # before any heavy work
     strategy = _strategy(distribute, cpu_devices)  # before TensorFlow's runtime starts
     run_kwargs, calibration = _split(run_kwargs, data)
-    qat = _training(C.QAT_TRAINING, steps, batch_size, learning_rate, distribute)
+    qat = _training(C.QAT_TRAINING, steps, batch_size, learning_rate, distribute, time_budget)
     config = Q(modes=modes, int8_io=int8_io, calibration_method=calibration_method, min_psnr=min_psnr, prefer=prefer, method=method, qat=qat, **run_kwargs)
     _run("quantize", model, output_dir, trust_code, custom_objects, config, calibration, strategy=strategy)
 
@@ -242,7 +242,7 @@ _then = _comma_list(C.MODES + ("qat",), C.MODES)
 @gate_options
 @record_options
 def prune_command(model, output_dir, trust_code, custom_objects, sparsity, schedule, begin_step, end_step, structure, layers, skip_first,
-                  skip_last, steps, batch_size, learning_rate, data, distribute, cpu_devices, then, min_psnr, **run_kwargs):
+                  skip_last, steps, batch_size, time_budget, learning_rate, data, distribute, cpu_devices, then, min_psnr, **run_kwargs):
     """Prune MODEL's weights by magnitude, fine-tune it to match the original, export it.
 
     Fine-tuning needs no training data: the original model is the teacher, fed noise latents
@@ -260,7 +260,7 @@ def prune_command(model, output_dir, trust_code, custom_objects, sparsity, sched
     run_kwargs, calibration = _split(run_kwargs, data)
     config = P(
         sparsity=sparsity, schedule=schedule, begin_step=begin_step, end_step=end_step, structure=structure, layers=layers,
-        skip_first=skip_first, skip_last=skip_last, training=_training(C.PRUNE_TRAINING, steps, batch_size, learning_rate, distribute),
+        skip_first=skip_first, skip_last=skip_last, training=_training(C.PRUNE_TRAINING, steps, batch_size, learning_rate, distribute, time_budget),
         then=then or (), min_psnr=min_psnr, **run_kwargs,
     )
     _run("prune", model, output_dir, trust_code, custom_objects, config, calibration, strategy=strategy)
@@ -277,7 +277,7 @@ D = C.DistillConfig
 @click.option("--student", "student_path", type=click.Path(), help="Student architecture (.h5/.keras) with the teacher's inputs and outputs, instead of --width.")
 @training_options(C.DISTILL_TRAINING, "")
 @click.option("--loss", default=C.DISTILL_TRAINING.loss, show_default=True, type=click.Choice(C.LOSSES), help="Pixel loss against the teacher's outputs.")
-@click.option("--eval-every", default=C.DISTILL_TRAINING.eval_every, show_default=True, type=int, help="Steps between held-out evaluations (and checkpoints).")
+@click.option("--eval-every", default=C.DISTILL_TRAINING.eval_every, show_default=True, type=int, help="Steps between held-out evaluations (and checkpoints); raised where evaluating would cost over a tenth of the training.")
 @click.option("--patience", default=C.DISTILL_TRAINING.patience, show_default=True, type=int, help="Evaluations without gain before stopping.")
 @click.option("--feature-loss", default=default_of(D, "feature_weight"), show_default=True, type=float, help="Weight of intermediate feature matching (learned 1x1 projections, training only); 0 turns it off.")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), help="Save training state here after every evaluation; a rerun with the same directory resumes.")
@@ -285,7 +285,7 @@ D = C.DistillConfig
 @click.option("--min-psnr", default=default_of(D, "min_psnr"), show_default=True, type=float, help="Target for the student's artifacts in dB against the teacher; with --then int8 the quantize step's fidelity guard aims for it (0: off).")
 @gate_options
 @record_options
-def distill_command(model, output_dir, trust_code, custom_objects, width, depth, student_path, steps, batch_size, learning_rate, data, distribute,
+def distill_command(model, output_dir, trust_code, custom_objects, width, depth, student_path, steps, batch_size, time_budget, learning_rate, data, distribute,
                     cpu_devices, loss, eval_every, patience, feature_loss, checkpoint_dir, then, min_psnr, **run_kwargs):
     """Distil MODEL (the teacher) into a smaller student trained to reproduce its outputs.
 
@@ -304,7 +304,7 @@ def distill_command(model, output_dir, trust_code, custom_objects, width, depth,
     _output(model, output_dir)  # before any heavy work
     strategy = _strategy(distribute, cpu_devices)  # before TensorFlow's runtime starts (multi-worker needs it)
     run_kwargs, calibration = _split(run_kwargs, data)
-    training = _training(C.DISTILL_TRAINING, steps, batch_size, learning_rate, distribute, loss=loss, eval_every=eval_every, patience=patience)
+    training = _training(C.DISTILL_TRAINING, steps, batch_size, learning_rate, distribute, time_budget, loss=loss, eval_every=eval_every, patience=patience)
     config = D(
         width=None if student_path else (default_of(D, "width") if width is None else width), depth=depth, feature_weight=feature_loss,
         training=training, then=then or (), min_psnr=min_psnr, checkpoint_dir=checkpoint_dir, **run_kwargs,

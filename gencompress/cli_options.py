@@ -92,8 +92,9 @@ def training_options(defaults: C.TrainingConfig, what: str):
     def decorate(f):
         for option in reversed(
             [
-                click.option("--steps", type=int, help=f"{what}most training steps (stops early when held-out PSNR stalls) [default: {defaults.steps}]."),
-                click.option("--batch-size", type=int, help=f"{what}batch size (global: split across replicas when distributed) [default: {defaults.batch_size}]."),
+                click.option("--steps", type=int, help=f"{what}most training steps (stops early when held-out PSNR stalls) [default: what fits in {defaults.target_seconds:g} s at the model's measured cost, at most {defaults.max_steps}; the report records the choice]."),
+                click.option("--batch-size", type=int, help=f"{what}batch size (global: split across replicas when distributed) [default: {defaults.max_batch_size}, halved down to {defaults.min_batch_size} for models too costly for enough steps in that time]."),
+                click.option("--time-budget", help=f"{what}stop fine-tuning when this much time is spent, e.g. 90s, 10m, 1h (the best weights so far are kept; shared by both fine-tunings with --then qat) [default: none]."),
                 click.option("--learning-rate", type=float, help=f"{what}Adam learning rate (halved on plateaus) [default: {defaults.learning_rate:g}]."),
                 click.option("--data", type=click.Path(), help=f"{what}inputs to calibrate and train on: a .npy/.npz file or an image folder (as --calibration; default: noise)."),
                 click.option("--distribute", type=click.Choice(C.DISTRIBUTE), help=f"{what}mirrored: all local GPUs (or logical CPUs); multi-worker: the cluster in TF_CONFIG [default: none]."),
@@ -106,8 +107,8 @@ def training_options(defaults: C.TrainingConfig, what: str):
     return decorate
 
 
-def _training(defaults: C.TrainingConfig, steps=None, batch_size=None, learning_rate=None, distribute=None, **more) -> C.TrainingConfig:
-    given = {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "distribute": distribute, **more}
+def _training(defaults: C.TrainingConfig, steps=None, batch_size=None, learning_rate=None, distribute=None, time_budget=None, **more) -> C.TrainingConfig:
+    given = {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "distribute": distribute, "time_budget": time_budget, **more}
     return C.replace(defaults, **{k: v for k, v in given.items() if v is not None})
 
 

@@ -132,19 +132,48 @@ class RunConfig:
             raise OptionError("--threads and latency runs must be at least 1")
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value) -> float:
+    """Seconds in ``value``: a number of seconds, or text such as ``90s``, ``10m``, ``1.5h``, ``1m30s``."""
+    import re
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        parts = re.findall(r"(\d+(?:\.\d+)?)([smh]?)", text)
+        if not text or not parts or "".join(n + u for n, u in parts) != text or (len(parts) > 1 and not all(u for _, u in parts)):
+            raise OptionError(f"--time-budget: give a duration such as 90s, 10m or 1h, not '{value}'")
+        seconds = sum(float(n) * _DURATION_UNITS[u or "s"] for n, u in parts)
+    if not (_finite(seconds) and seconds > 0):
+        raise OptionError(f"--time-budget must be a positive duration, got '{value}'")
+    return seconds
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """How a model is fine-tuned to reproduce its teacher (pruning, QAT, distillation).
 
-    ``steps`` is the most steps run (rounded up to whole ``eval_every`` rounds); early stopping
-    ends sooner after ``patience`` evaluations without a ``min_delta`` dB gain, never before
-    ``min_steps``. The learning rate is multiplied by ``plateau_lr_factor`` every two evaluations
-    without gain. ``distribute``: ``mirrored`` (every local GPU, or logical CPU device) or
-    ``multi-worker`` (the cluster in ``TF_CONFIG``).
+    ``steps`` is the most steps run (rounded up to whole ``eval_every`` rounds) and
+    ``batch_size`` the batch; ``None`` (the default) chooses both from the model's cost per
+    sample, measured once at the start (``compress.finetune.plan_training``): the batch is
+    ``max_batch_size`` unless that leaves fewer than ``min_rounds`` evaluations' worth of steps in
+    ``target_seconds``, the steps fill ``target_seconds`` (or ``time_budget``), at most
+    ``max_steps``. Early stopping ends sooner after ``patience`` evaluations without a
+    ``min_delta`` dB gain, never before ``min_steps``. ``eval_every`` is raised where evaluating
+    the held-out set would cost more than a tenth of the training (a function of batch and
+    held-out size, not of timings). The learning rate is multiplied by ``plateau_lr_factor``
+    every two evaluations without gain. ``time_budget`` (seconds, or text such as ``"10m"``):
+    stop when it is spent, keeping the best weights. ``xla``: compile the step with XLA (off by
+    default: slower or unsupported on CPU for the generators measured, see the README).
+    ``distribute``: ``mirrored`` (every local GPU, or logical CPU device) or ``multi-worker``
+    (the cluster in ``TF_CONFIG``).
     """
 
-    steps: int = 1000
-    batch_size: int = 64
+    steps: int | None = None
+    batch_size: int | None = None
     learning_rate: float = 1e-3
     loss: str = "l2"
     eval_every: int = 50
@@ -154,11 +183,17 @@ class TrainingConfig:
     freeze_batchnorm: bool = True
     plateau_lr_factor: float = 0.5
     distribute: str = "none"
+    max_steps: int = 1000
+    max_batch_size: int = 64
+    min_batch_size: int = 8
+    target_seconds: float = 240.0
+    time_budget: float | str | None = None
+    xla: bool = False
 
     def __post_init__(self):
-        if self.steps < 0:
+        if self.steps is not None and self.steps < 0:
             raise OptionError(f"--steps must be 0 or more, got {self.steps}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise OptionError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not (_finite(self.learning_rate) and self.learning_rate > 0):
             raise OptionError(f"--learning-rate must be a positive number, got {self.learning_rate}")
@@ -172,10 +207,27 @@ class TrainingConfig:
             raise OptionError(f"plateau_lr_factor must be in (0, 1], got {self.plateau_lr_factor}")
         if self.distribute not in DISTRIBUTE:
             raise OptionError(f"unknown --distribute '{self.distribute}' (choose from {', '.join(DISTRIBUTE)})")
+        if self.max_steps < 1 or not (1 <= self.min_batch_size <= self.max_batch_size):
+            raise OptionError("max_steps must be at least 1 and 1 <= min_batch_size <= max_batch_size")
+        if not (_finite(self.target_seconds) and self.target_seconds > 0):
+            raise OptionError(f"target_seconds must be positive, got {self.target_seconds}")
+        if self.time_budget is not None:
+            object.__setattr__(self, "time_budget", parse_duration(self.time_budget))
+
+    @property
+    def resolved(self) -> bool:
+        """Steps and batch size are known (given, or chosen by ``plan_training``)."""
+        return self.steps is not None and self.batch_size is not None
 
     @property
     def rounds(self) -> int:
-        return math.ceil(self.steps / self.eval_every)
+        return math.ceil(self._known("steps") / self.eval_every)
+
+    def _known(self, name: str) -> int:
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(f"TrainingConfig.{name} is chosen from the measured cost: call plan_training first")
+        return value
 
 
 # Quantization-aware training, measured on the samples (Adam, ranges calibrated first): 1e-4 and
@@ -183,9 +235,11 @@ class TrainingConfig:
 # the learning rate, a sizeable fraction of an int8 step); 1e-5 gains steadily. Its gains are
 # slow and the held-out PSNR noisy (dcgan_saturated: +0.35 dB by step 350, where patience 4
 # stopped, +0.73 dB by step 1,700): wait 10 evaluations.
-QAT_TRAINING = TrainingConfig(steps=1000, batch_size=32, learning_rate=1e-5, patience=10)
-PRUNE_TRAINING = TrainingConfig(steps=1000, batch_size=64, learning_rate=1e-3)
-DISTILL_TRAINING = TrainingConfig(steps=3000, batch_size=32, learning_rate=2e-3, eval_every=100, patience=5)
+# Steps and batch sizes are chosen from each model's measured cost (``None``), at most the
+# ``max_*`` below, the constants these defaults had when they were tuned on the 16x16 samples.
+QAT_TRAINING = TrainingConfig(max_steps=1000, max_batch_size=32, learning_rate=1e-5, patience=10)
+PRUNE_TRAINING = TrainingConfig(max_steps=1000, max_batch_size=64, learning_rate=1e-3)
+DISTILL_TRAINING = TrainingConfig(max_steps=3000, max_batch_size=32, learning_rate=2e-3, eval_every=100, patience=5, target_seconds=360.0)
 
 
 @dataclass(frozen=True)
@@ -320,7 +374,7 @@ class PruneConfig(_QuantizeStep):
             raise OptionError(f"initial sparsity must be in [0, {self.sparsity}), got {self.initial_sparsity}")
         if self.layers is not None and not self.layers:
             raise OptionError("--layers needs at least one layer name")
-        if self.training.steps < 1:
+        if self.training.steps is not None and self.training.steps < 1:
             raise OptionError("pruning happens during fine-tuning: --steps must be at least 1")
         _check_then(self.then, MODES + ("qat",))
 
@@ -331,7 +385,7 @@ class PruneConfig(_QuantizeStep):
         ``begin`` is at least 1 and ``end`` is moved down onto the grid (else the final sparsity
         would never be applied). ``target_at`` is the step from which the target sparsity holds.
         """
-        steps = self.training.steps
+        steps = self.training._known("steps")
         begin = max(1, self.begin_step)
         if steps < begin:
             raise OptionError(f"--begin-step {self.begin_step} is past the last fine-tuning step ({steps}): raise --steps")
@@ -384,7 +438,7 @@ class DistillConfig(_QuantizeStep):
             raise OptionError(f"--depth must be in [0, 1] (the fraction of droppable blocks kept), got {self.depth}")
         if not (_finite(self.feature_weight) and self.feature_weight >= 0.0):
             raise OptionError(f"--feature-loss must be a weight >= 0, got {self.feature_weight}")
-        if self.training.steps < 1:
+        if self.training.steps is not None and self.training.steps < 1:
             raise OptionError("distillation trains the student: --steps must be at least 1")
         _check_then(self.then, MODES + ("qat",))
 
@@ -396,5 +450,5 @@ def replace(config, **changes):
 
 __all__ = [
     "RunConfig", "TrainingConfig", "Gates", "FormatGates", "QuantizeConfig", "ExportConfig", "AnalyzeConfig", "PruneConfig",
-    "DistillConfig", "QAT_TRAINING", "PRUNE_TRAINING", "DISTILL_TRAINING", "default_of",
+    "DistillConfig", "QAT_TRAINING", "PRUNE_TRAINING", "DISTILL_TRAINING", "default_of", "parse_duration",
 ]

@@ -399,3 +399,81 @@ def from_keras(keras_model, name: str | None = None) -> LoadedModel:
 
         return _from_keras(name, "keras3-object", keras3_to_tf_keras(keras_model))
     raise UnsupportedModelError(f"not a Keras model: {type(keras_model).__name__}")
+
+
+def flat_copy(keras_model):
+    """``keras_model`` itself when no layer is a whole model, else a functional copy with every
+    nested Sequential's layers inlined (same weights, same input names; each nested model's last
+    layer takes the nested model's name, which is what the parent's graph and output names knew
+    it by). Published generators often wrap a Sequential body in a functional model (catgan's
+    Input -> Sequential); tfmot and the student builder need the layers at the top level.
+
+    Only public Keras API: the parent's connectivity is read from ``get_config()``, each layer is
+    rebuilt with ``from_config`` and given the original's weights, and the copy is checked to
+    give the original's outputs on a seeded batch. Raises ``UnsupportedModelError`` otherwise.
+    """
+    if not any(type(layer).__name__ in MODEL_CLASSES for layer in keras_model.layers):
+        return keras_model
+    keras = import_keras()
+    if isinstance(keras_model, keras.Sequential):
+        raise UnsupportedModelError(f"'{keras_model.name}' nests models inside a Sequential: rebuild it flat")
+    config = keras_model.get_config()
+    tensors, copies = {}, {}
+    for name, _, _ in config["input_layers"]:
+        layer = keras_model.get_layer(name)
+        tensors[(name, 0, 0)] = keras.Input(batch_shape=layer.output.shape, dtype=layer.output.dtype, name=name)
+    for entry in config["layers"]:
+        layer = keras_model.get_layer(entry["name"])
+        if type(layer).__name__ == "InputLayer":
+            continue
+        # Keras numbers a nested model's calls from 1 (its node 0 is its own construction).
+        offset = 1 if type(layer).__name__ in MODEL_CLASSES and getattr(layer, "inputs", None) else 0
+        for node_index, node in enumerate(entry["inbound_nodes"], start=offset):
+            args = [tensors[(n[0], n[1], n[2])] for n in node]
+            kwargs = node[0][3] if len(node[0]) > 3 and isinstance(node[0][3], dict) else {}
+            out = _inlined(keras, layer, args[0] if len(args) == 1 else args, kwargs, copies)
+            for i, t in enumerate(out if isinstance(out, (list, tuple)) else [out]):
+                tensors[(entry["name"], node_index, i)] = t
+    outputs = [tensors[(n, i, j)] for n, i, j in config["output_layers"]]
+    flat = keras.Model([tensors[(n, 0, 0)] for n, _, _ in config["input_layers"]], outputs if len(outputs) > 1 else outputs[0],
+                       name=keras_model.name)
+    _check_same_outputs(keras_model, flat)
+    return flat
+
+
+def _inlined(keras, layer, x, kwargs, copies, rename=None):
+    """``layer`` applied to ``x`` in the flat copy: a copy of it with its weights (one copy per
+    layer: shared layers stay shared), or a nested Sequential's layers one after the other."""
+    if type(layer).__name__ in MODEL_CLASSES:
+        if not isinstance(layer, keras.Sequential):
+            raise UnsupportedModelError(f"layer '{layer.name}' is a nested functional model: rebuild the model flat")
+        inner = [lyr for lyr in layer.layers if type(lyr).__name__ != "InputLayer"]
+        for i, lyr in enumerate(inner):
+            x = _inlined(keras, lyr, x, {}, copies, rename=layer.name if i == len(inner) - 1 else None)
+        return x
+    fresh = layer.name not in copies
+    if fresh:
+        layer_config = layer.get_config()
+        if rename:
+            layer_config["name"] = rename
+        copies[layer.name] = type(layer).from_config(layer_config)
+    y = copies[layer.name](x, **kwargs)
+    if fresh:
+        copies[layer.name].set_weights(layer.get_weights())
+    return y
+
+
+def _check_same_outputs(original, flat) -> None:
+    """The flat copy computes what the original does (on a seeded batch of 2; labels 0)."""
+    rng = np.random.default_rng(0)
+    batch = [
+        rng.standard_normal((2,) + tuple(t.shape[1:])).astype(t.dtype.name) if t.dtype.is_floating else np.zeros((2,) + tuple(t.shape[1:]), t.dtype.name)
+        for t in original.inputs
+    ]
+    batch = batch[0] if len(batch) == 1 else batch
+    a, b = original(batch, training=False), flat(batch, training=False)
+    a, b = (a if isinstance(a, (list, tuple)) else [a]), (b if isinstance(b, (list, tuple)) else [b])
+    for x, y in zip(a, b):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        if x.shape != y.shape or not np.allclose(x, y, rtol=1e-4, atol=1e-5 * (1.0 + np.abs(x).max())):
+            raise UnsupportedModelError(f"'{original.name}' nests models that could not be inlined faithfully: rebuild it flat")

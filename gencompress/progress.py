@@ -33,6 +33,7 @@ class Phase:
         self._bar = bar
         self.done = 0
         self.detail = ""
+        self.deadline = None  # time.perf_counter() by which the phase will have ended (a time budget)
 
     def update(self, n: int = 1) -> None:
         check()
@@ -133,6 +134,8 @@ def _reporting(update, phase: Phase, progress: Progress, label: str, total: int,
         if share >= state["next"] and phase.done < total:
             elapsed = time.perf_counter() - start
             eta = elapsed * (total - phase.done) / max(phase.done, 1)
+            if phase.deadline is not None:
+                eta = max(0.0, min(eta, phase.deadline - time.perf_counter()))
             detail = f", {phase.detail}" if phase.detail else ""
             progress.log(f"{label}: {phase.done}/{total} ({share:.0f} %), {_duration(elapsed)}, ETA {_duration(eta)}{detail}")
             while state["next"] <= share:

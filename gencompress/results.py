@@ -7,7 +7,7 @@ against these models by the tests). Field names are the report's keys.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -229,17 +229,61 @@ class Sensitivity(_Model):
     notes: list[str] = Field(default_factory=list)
 
 
+class FinetunePlan(_Model):
+    """How long and how wide the loop trained, and why: ``chosen`` names what was picked from the
+    step cost measured at the start (the rest was given). Repeat a run exactly with
+    ``--steps <steps> --batch-size <batch_size>`` (a time budget may still end it sooner)."""
+
+    chosen: list[Literal["steps", "batch_size"]]
+    steps: int
+    batch_size: int
+    eval_every: int
+    held_out_samples: int
+    target_seconds: Optional[float] = None  # the training time the chosen steps aim for
+    time_budget_s: Optional[float] = None
+    seconds_per_sample: Optional[float] = None  # a training step's measured cost per sample
+    probe_batch: Optional[int] = None
+    expected_seconds: Optional[float] = None
+
+
+class TrainingDevices(_Model):
+    """Where the loop ran: TensorFlow places the step on the first GPU it sees, else the CPU;
+    under ``--distribute`` on the strategy's devices."""
+
+    kind: Literal["CPU", "GPU"]
+    devices: list[str]
+    gpus_seen: int
+    gpu_names: list[str] = Field(default_factory=list)
+
+
 class FinetuneSummary(_Model):
-    """What a fine-tuning loop did: one history entry per held-out evaluation (step 0: start)."""
+    """What a fine-tuning loop did: one history entry per held-out evaluation (step 0: start).
+
+    ``stopped_by``: ``steps`` (all planned steps ran), ``early stopping`` (held-out PSNR stalled),
+    ``time budget`` (``--time-budget`` was spent; the best weights so far were kept) or
+    ``diverged``. ``seconds_per_step``: the loop's wall time (evaluations included) per step."""
 
     steps_run: int
     stopped_early: bool
+    stopped_by: Literal["steps", "early stopping", "time budget", "diverged"] = "steps"
     seconds: float
+    seconds_per_step: Optional[float] = None
     initial_psnr_db: Optional[float]
     best_psnr_db: Optional[float]
     best_step: Optional[int]
     history: list[dict[str, Any]]
+    plan: Optional[FinetunePlan] = None
+    devices: Optional[TrainingDevices] = None
+    xla: bool = False
+    notes: list[str] = Field(default_factory=list)
     config: Optional[dict[str, Any]] = None  # the training settings (pruning records them)
+
+
+class QatFinetune(FinetuneSummary):
+    """QAT's fine-tuning: ``kept_calibrated_start`` when no step beat the calibrated start."""
+
+    kept_calibrated_start: bool
+    final_psnr_db: Optional[float]
 
 
 class PruningSection(_Model):
@@ -288,7 +332,7 @@ class QatSection(_Model):
     quantized_layers: list[str]
     left_float: list[dict[str, Any]]
     range_calibration: dict[str, Any]
-    finetune: dict[str, Any]
+    finetune: QatFinetune
     qat_keras_psnr_db: Optional[float]
     agreement_target_db: float
     exports: list[QatExport]

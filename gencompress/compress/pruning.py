@@ -195,6 +195,7 @@ def prune_model(
     progress: bool = False,
     callbacks=(),
     strategy=None,
+    plan: dict | None = None,
 ):
     """Prune a copy of tf-keras ``keras_model``: returns ``(stripped pruned model, PruneInfo)``.
 
@@ -209,8 +210,10 @@ def prune_model(
     tfmot = _tfmot()
 
     keras = import_keras()
-    finetune = config.training
     chosen, left = select_layers(keras_model, config)
+    if not config.training.resolved:
+        config, plan = _plan(keras, keras_model, config, source, held, seed, strategy)
+    finetune = config.training
     schedule = config.effective_schedule()
     if source is None or held is None:
         source, held = _default_sources(keras_model, finetune.batch_size, seed)
@@ -230,8 +233,13 @@ def prune_model(
     result = train_to_match(
         wrapped, keras_model, source, held, output_range, ft,
         callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *callbacks],
-        progress=progress, strategy=strategy,
+        progress=progress, strategy=strategy, plan=plan,
     )
+    if result.steps_run < schedule["target_at"]:
+        result.notes.append(
+            f"training ended at step {result.steps_run} ({result.stopped_by}), before the schedule reaches the target sparsity "
+            f"at step {schedule['target_at']}: the measured sparsity is below the request (a --schedule constant reaches it from the start)"
+        )
     wrappers = [layer for layer in iter_layers(wrapped) if isinstance(layer, internals().PruneLowMagnitude)]
     # weights = weights * mask: the last optimizer step moved masked weights off 0. Not tfmot's
     # weight_mask_op: under a tf.distribute strategy it fails outside a replica context.
@@ -243,6 +251,27 @@ def prune_model(
     info.layers = measure_sparsity(stripped, chosen)
     info.finetune = {**result.summary(), "config": dataclasses.asdict(ft)}
     return stripped, info
+
+
+def _plan(keras, keras_model, config: PruneConfig, source, held, seed: int, strategy):
+    """``config`` with the fine-tuning's steps and batch chosen from a copy's measured step cost."""
+    from gencompress.compress.finetune_plan import PROBE_BATCH, resolve_training
+
+    probe = keras.models.clone_model(keras_model)
+    probe.set_weights(keras_model.get_weights())
+    training = config.training
+    if source is None:
+        source, _ = _default_sources(keras_model, PROBE_BATCH, seed)
+    elif training.batch_size is None:  # a given stream has its batch size
+        training = dataclasses.replace(training, batch_size=len(next(iter(next(iter(source)).values()))))
+    batches = iter(source)
+    first = next(batches)
+    while len(next(iter(first.values()))) < PROBE_BATCH:  # a small given batch: gather a probe batch
+        more = next(batches)
+        first = {k: np.concatenate([v, more[k]]) for k, v in first.items()}
+    held_samples = len(held) if held is not None else 64
+    training, plan = resolve_training(training, probe, keras_model, first, held_samples, strategy)
+    return dataclasses.replace(config, training=training), plan
 
 
 def _wrap(keras, tfmot, model, chosen: set, config: PruneConfig, schedule: dict):

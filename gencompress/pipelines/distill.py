@@ -13,6 +13,7 @@ from gencompress.compress.distillation.checkpoint import TrainingCheckpoint
 from gencompress.compress.distribute import is_chief, scope, strategy_info
 from gencompress.config import QAT_TRAINING, DistillConfig
 from gencompress.errors import OptionError, UnsupportedModelError
+from gencompress.model import flat_copy
 from gencompress.pipelines.build import build_artifacts
 from gencompress.pipelines.gates import judge
 from gencompress.pipelines.result import Result
@@ -50,6 +51,9 @@ def distill(teacher, config: DistillConfig | None = None, calibration: Calibrati
     from gencompress.tfenv import import_tf
 
     import_tf()
+    # Layers of nested models (a Sequential body inside a functional wrapper) at the top level:
+    # the student is derived from, and features matched against, this same-output flat copy.
+    teacher = dataclasses.replace(teacher, keras_model=flat_copy(teacher.keras_model))
     # The student first: architecture errors before any work.
     with scope(strategy):
         if student is None:
@@ -76,17 +80,21 @@ def _distill(session: Session, teacher, config: DistillConfig, student, student_
     for fmt in config.formats:
         add_artifact(session, fmt, "float32", build_artifact(session, fmt, "float32"))
     training = config.training
-    source, val = training_sources(teacher, session.calibration, training.batch_size, config.seed, session.config.eval_samples)
+    if training.time_budget is not None and "qat" in config.then:  # the command's budget, shared by its two fine-tunings
+        training = dataclasses.replace(training, time_budget=training.time_budget / 2)
     subdir = None if is_chief(strategy) else f"worker-{strategy.cluster_resolver.task_id}"
     checkpoint = None
     if config.checkpoint_dir is not None:
         directory = Path(config.checkpoint_dir) / subdir if subdir else Path(config.checkpoint_dir)
         checkpoint = TrainingCheckpoint(directory, _run_signature(teacher, student_keras, config, session))
+    training, ft_plan = _plan(session, teacher, student_keras, training, config.seed, strategy, checkpoint)
+    source, val = training_sources(teacher, session.calibration, training.batch_size, config.seed, session.config.eval_samples)
     result, pairs = train_student(
         student_keras, teacher.keras_model, source, val, session.output_range, training,
         feature_weight=config.feature_weight, strategy=strategy, checkpoint=checkpoint,
-        progress=session.progress.enabled, callbacks=callbacks,
+        progress=session.progress, callbacks=callbacks, plan=ft_plan,
     )
+    config = dataclasses.replace(config, training=training)
     trained = plain_copy(student_keras)
     name = derived_model_name(teacher, "student")
     path = save_keras(trained, session.workdir / name)
@@ -103,7 +111,9 @@ def _distill(session: Session, teacher, config: DistillConfig, student, student_
     if "qat" in config.then:
         from gencompress.pipelines.qat import add_qat_artifacts
 
-        qat_training = dataclasses.replace(QAT_TRAINING, batch_size=training.batch_size, eval_every=training.eval_every, patience=training.patience)
+        qat_training = dataclasses.replace(
+            QAT_TRAINING, batch_size=training.batch_size, eval_every=training.eval_every, patience=training.patience, time_budget=training.time_budget,
+        )
         qat = add_qat_artifacts(derived, qat_training, trained, teacher=teacher.keras_model, tag="qat")
     for a in derived.artifacts:
         a.variant = "student-qat" if a.variant == "qat" else "student"
@@ -129,10 +139,36 @@ def _samples(session: Session, teacher, student, n: int = 16) -> str | None:
     return None if png is None else str(session.add_file(SAMPLES_PNG, png))
 
 
+def _plan(session: Session, teacher, student_keras, training, seed: int, strategy, checkpoint):
+    """The student's fine-tuning with steps and batch decided: as given, as the run being resumed
+    chose them, or from the student's measured step cost."""
+    from gencompress.compress.finetune import training_sources
+    from gencompress.compress.finetune_plan import PROBE_BATCH, resolve_training
+
+    saved = checkpoint.saved_plan() if checkpoint is not None else None
+    if saved is not None and not training.resolved:  # resume as the interrupted run planned
+        training = dataclasses.replace(
+            training, steps=training.steps if training.steps is not None else saved["steps"],
+            batch_size=training.batch_size or saved["batch_size"], eval_every=saved["eval_every"],
+        )
+    probe = None
+    if not training.resolved:
+        probe = student_keras if strategy is None else plain_copy(student_keras)  # the probe leaves it unchanged
+    sample, _ = training_sources(teacher, session.calibration, PROBE_BATCH, seed, 1)
+    training, plan = resolve_training(
+        training, probe, teacher.keras_model, next(iter(sample)), session.config.eval_samples, strategy, session.progress,
+    )
+    if checkpoint is not None:
+        checkpoint.plan = plan
+    return training, plan
+
+
 def _run_signature(teacher, student_keras, config: DistillConfig, session: Session) -> dict:
     """What a checkpoint folder must have been made by to be resumed."""
-    # what changes the weights a step gives (not how long to train, nor on how many devices)
-    training = {k: v for k, v in dataclasses.asdict(config.training).items() if k not in ("steps", "patience", "min_steps", "distribute")}
+    # what changes the weights a step gives (not how long to train, nor on how many devices);
+    # steps and batch chosen from the measured cost are the saved plan's on resuming
+    skip = ("steps", "patience", "min_steps", "distribute", "time_budget", "target_seconds", "max_steps", "xla")
+    training = {k: v for k, v in dataclasses.asdict(config.training).items() if k not in skip}
     data = [session.calibration_spec.source, len(session.calibration), session.config.eval_samples, config.seed]
     return {
         "teacher": [teacher.path, teacher.params],

@@ -36,7 +36,8 @@ def prune(model, config: PruneConfig | None = None, calibration: Calibration | N
 
     import_tf()
     select_layers(model.keras_model, config)  # option errors before any work
-    config.effective_schedule()
+    if config.training.steps is not None:
+        config.effective_schedule()
     session = prepare(model, config, calibration, progress)
     try:
         return _prune(session, model, config, strategy)
@@ -53,10 +54,14 @@ def _prune(session: Session, model, config: PruneConfig, strategy) -> Result:
     # The original first: the size and fidelity reference. Its int8 goes through the same search
     # as the pruned model's, so that both are what `gencompress quantize` would write.
     build_artifacts(session, precisions, PRUNE_HINT)
+    budget = config.training.time_budget
+    if budget is not None and "qat" in config.then:  # the command's budget, shared by its two fine-tunings
+        config = dataclasses.replace(config, training=dataclasses.replace(config.training, time_budget=budget / 2))
+    config, plan = plan_pruning(session, model, config, strategy)
     source, val = training_sources(model, session.calibration, config.training.batch_size, config.seed, session.config.eval_samples)
     pruned, info = prune_model(
         model.keras_model, config, source=source, held=val, output_range=session.output_range,
-        seed=config.seed, progress=session.progress.enabled, strategy=strategy,
+        seed=config.seed, progress=session.progress, strategy=strategy, plan=plan,
     )
     name = derived_model_name(model, "pruned")
     saved = save_keras(pruned, session.workdir / name)
@@ -75,13 +80,39 @@ def _prune(session: Session, model, config: PruneConfig, strategy) -> Result:
         from gencompress.config import QAT_TRAINING
         from gencompress.pipelines.qat import qat_after_pruning
 
-        qat = qat_after_pruning(pruned_loaded, session, QAT_TRAINING, strategy=strategy)
+        qat_training = QAT_TRAINING if budget is None else dataclasses.replace(QAT_TRAINING, time_budget=budget / 2)
+        qat = qat_after_pruning(pruned_loaded, session, qat_training, strategy=strategy)
     judge(session, config.min_psnr, lambda a: a.variant == "pruned-qat" or (a.variant == "pruned" and a.precision != "float32"))
     report = make_report(session, "prune")
     report.pruning = pruning_section(info, session.artifacts, saved, model, pruned_kernels(pruned, info.layers))
     report.pruning.distribute = strategy_info(strategy)
     report.qat = qat
     return Result(report, session.files, session.cache, previews=session.previews, model=pruned)
+
+
+def plan_pruning(session: Session, model, config: PruneConfig, strategy=None):
+    """``config`` with its fine-tuning steps and batch decided (from the measured step cost of a
+    plain copy of the model where they are not given) and the plan's record. Auto steps cover a
+    given ``end_step``/``begin_step`` with at least one evaluation round after it."""
+    from gencompress.compress.finetune import training_sources
+    from gencompress.compress.finetune_plan import PROBE_BATCH, resolve_training
+    from gencompress.tfenv import import_keras
+
+    training = config.training
+    probe = None
+    if not training.resolved:
+        keras = import_keras()
+        probe = keras.models.clone_model(model.keras_model)  # never the input model: the probe trains it
+        probe.set_weights(model.keras_model.get_weights())
+    source, _ = training_sources(model, session.calibration, PROBE_BATCH, config.seed, 1)
+    training, plan = resolve_training(
+        training, probe, model.keras_model, next(iter(source)), session.config.eval_samples, strategy, session.progress,
+    )
+    needed = max(config.begin_step, config.end_step or 0)
+    if "steps" in plan["chosen"] and training.steps <= needed:
+        steps = training.eval_every * (needed // training.eval_every + 1)
+        training, plan = dataclasses.replace(training, steps=steps), {**plan, "steps": steps}
+    return dataclasses.replace(config, training=training), plan
 
 
 def pruning_section(info, artifacts, saved: Path, model, kernels: dict) -> PruningSection:

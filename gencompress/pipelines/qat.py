@@ -72,7 +72,7 @@ def add_qat_artifacts(
         f"QAT: {len(built.quantized)} layers quantized, {sum(r['folded'] for r in built.batchnorm)} BatchNorm folded, "
         f"{len(built.left_float)} left float; ranges calibrated on {built.calibration_samples} samples"
     )
-    result, restored = _finetune(session, qat, teacher, training, strategy)
+    result, restored, training = _finetune(session, qat, teacher, training, strategy, float_model=keras_model)
 
     held = _ordered(session.evaluation.arrays, list(qat.input_names))
     qat_outputs = [np.asarray(y) for y in _as_list(qat.predict(held, batch_size=64, verbose=0))]
@@ -94,7 +94,7 @@ def add_qat_artifacts(
             **result.summary(),
             "kept_calibrated_start": restored,
             "final_psnr_db": _round(result.initial_psnr_db if restored or result.best_psnr_db is None else result.best_psnr_db),
-            "config": dataclasses.asdict(training),
+            "config": dataclasses.asdict(training),  # as planned: steps and batch decided
         },
         qat_keras_psnr_db=fidelity(session.reference, qat_outputs, session.output_range)["psnr_db"],
         agreement_target_db=AGREEMENT_DB,
@@ -115,14 +115,26 @@ def add_qat_artifacts(
     return section
 
 
-def _finetune(session: Session, qat, teacher, training: TrainingConfig, strategy=None):
-    """Fine-tune the QAT model against the teacher; returns ``(result, kept the calibrated start)``."""
+def _finetune(session: Session, qat, teacher, training: TrainingConfig, strategy=None, float_model=None):
+    """Fine-tune the QAT model against the teacher; returns ``(result, kept the calibrated start,
+    the training config with its steps and batch planned)``."""
     from gencompress.compress.finetune import train_to_match, training_sources
+    from gencompress.compress.finetune_plan import PROBE_BATCH, resolve_training
 
-    source, val = training_sources(session.model, session.calibration, training.batch_size, session.config.seed, VALIDATION_SAMPLES)
     start_weights = qat.get_weights()
+    probe = qat
+    if strategy is not None and not training.resolved:  # the QAT model lives in the strategy: time a plain float copy
+        from gencompress.compress.distillation import plain_copy
+
+        probe = plain_copy(float_model if float_model is not None else teacher)
+    sample, _ = training_sources(session.model, session.calibration, PROBE_BATCH, session.config.seed, 1)
     with input_ranges_frozen():
-        result = train_to_match(qat, teacher, source, val, session.output_range, training, progress=session.progress.enabled, strategy=strategy)
+        training, plan = resolve_training(training, probe, teacher, next(iter(sample)), VALIDATION_SAMPLES, strategy, session.progress)
+    source, val = training_sources(session.model, session.calibration, training.batch_size, session.config.seed, VALIDATION_SAMPLES)
+    with input_ranges_frozen():
+        result = train_to_match(
+            qat, teacher, source, val, session.output_range, training, progress=session.progress, strategy=strategy, plan=plan,
+        )
     restored = False
     if training.steps > 0 and (
         result.best_psnr_db is None or (result.initial_psnr_db is not None and result.best_psnr_db < result.initial_psnr_db)
@@ -132,7 +144,7 @@ def _finetune(session: Session, qat, teacher, training: TrainingConfig, strategy
         qat.set_weights(start_weights)
         restored = True
     settle_weight_ranges(qat)
-    return result, restored
+    return result, restored, training
 
 
 def _agreement(session: Session, art, data: bytes, fmt: str, qat, qat_outputs) -> QatExport:

@@ -32,6 +32,7 @@ class TrainingCheckpoint:
         self.signature = hashlib.sha256(json.dumps(signature, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.keep = keep
         self.resumed_from = None
+        self.plan = None  # the run's fine-tuning plan, kept in run.json so a resumed run plans alike
         self._manager = None
 
     def _checkpoint_manager(self, model):
@@ -40,6 +41,14 @@ class TrainingCheckpoint:
             ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
             self._manager = tf.train.CheckpointManager(ckpt, str(self.directory), max_to_keep=self.keep)
         return self._manager
+
+    def saved_plan(self) -> dict | None:
+        """The plan (steps, batch size...) of the run this directory holds, if it is this run's."""
+        meta_path = self.directory / "run.json"
+        if not meta_path.exists():
+            return None
+        meta = json.loads(meta_path.read_text())
+        return meta.get("plan") if meta.get("signature") == self.signature else None
 
     def restore(self, model) -> dict | None:
         tf = import_tf()
@@ -74,7 +83,7 @@ class TrainingCheckpoint:
         step = state["step"]
         manager = self._checkpoint_manager(model)
         if not (self.directory / "run.json").exists():
-            write_bytes_atomic(self.directory / "run.json", json.dumps({"signature": self.signature}).encode())
+            write_bytes_atomic(self.directory / "run.json", json.dumps({"signature": self.signature, "plan": self.plan}).encode())
         plain = {k: v for k, v in state.items() if k != "best_weights"}
         write_bytes_atomic(self.directory / f"loop-{step}.json", json.dumps(plain).encode())
         if state.get("best_weights") is not None:

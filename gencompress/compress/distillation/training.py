@@ -20,8 +20,9 @@ def train_student(
     feature_weight: float = 0.0,
     strategy=None,
     checkpoint: TrainingCheckpoint | None = None,
-    progress: bool = True,
+    progress=True,
     callbacks=(),
+    plan: dict | None = None,
 ):
     """Train tf-keras ``student`` (built in ``strategy.scope()`` when a strategy is given) to
     reproduce frozen ``teacher`` with ``finetune.train_to_match``. Returns
@@ -37,7 +38,7 @@ def train_student(
             model = training_model(student, teacher, pairs, feature_weight)
     result = train_to_match(
         model, teacher, source, held, output_range, finetune,
-        callbacks=callbacks, progress=progress, strategy=strategy, checkpoint=checkpoint,
+        callbacks=callbacks, progress=progress, strategy=strategy, checkpoint=checkpoint, plan=plan,
     )
     return result, pairs
 

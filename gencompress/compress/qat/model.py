@@ -10,7 +10,7 @@ from gencompress.compat.tfmot import ranges_follow_each_batch
 from gencompress.compress.qat.batchnorm import FOLD_TOLERANCE, fold_batchnorm
 from gencompress.compress.qat.schemes import _quantize_configs, _scheme, annotate
 from gencompress.errors import ConversionError, UnsupportedModelError
-from gencompress.model import MODEL_CLASSES, iter_layers
+from gencompress.model import flat_copy, iter_layers
 from gencompress.tfenv import import_keras, native_output_captured
 
 
@@ -37,6 +37,7 @@ def build_qat_model(keras_model, calibration=None, prune_preserving: bool = Fals
     import tensorflow_model_optimization as tfmot
 
     keras = import_keras()
+    keras_model = flat_copy(keras_model)  # nested Sequentials inlined: same outputs, same names
     if not isinstance(keras_model, keras.Sequential) and not getattr(keras_model, "_is_graph_network", False):
         raise UnsupportedModelError("quantization-aware training needs a Sequential or functional Keras model")
     folded, bn_rows = fold_batchnorm(keras_model)
@@ -143,11 +144,12 @@ def settle_weight_ranges(qat_model) -> None:
 
 
 def check_flat(keras_model) -> None:
-    for layer in keras_model.layers:
-        if type(layer).__name__ in MODEL_CLASSES:
-            raise UnsupportedModelError(
-                f"layer '{layer.name}' is a nested model: quantization-aware training (tfmot) needs a flat model"
-            )
+    """tfmot needs every layer at the top level: nested Sequentials are inlined (``flat_copy``),
+    anything else nested is refused here, before any work."""
+    try:
+        flat_copy(keras_model)
+    except UnsupportedModelError as exc:
+        raise UnsupportedModelError(f"{exc} (quantization-aware training (tfmot) needs a flat model)") from None
 
 
 def all_layers(model):

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gencompress.calibration import Calibration
-from gencompress.config import AnalyzeConfig, DistillConfig, ExportConfig, FormatGates, Gates, PruneConfig, QuantizeConfig, TrainingConfig
+from gencompress.config import AnalyzeConfig, DistillConfig, ExportConfig, Gates, PruneConfig, QuantizeConfig
 from gencompress.errors import GencompressError, InputError, OptionError
 
 RECIPE_VERSION = 1

@@ -136,7 +136,7 @@ def test_time_budget_stops_the_loop_and_keeps_the_best(keras, teacher):
     stream = io.StringIO()
     # The budget covers the set-up too (scoring the start, tracing the step: seconds on a loaded
     # machine), so it is a few times that here.
-    config = TrainingConfig(steps=100_000, batch_size=8, eval_every=20, time_budget="15s", min_delta=0.0)
+    config = TrainingConfig(steps=100_000, batch_size=8, eval_every=20, time_budget="15s", min_delta=0.0, patience=100_000)
     plan = {"time_budget_s": 15.0, "batch_size": 8}
     result = train_to_match(student, teacher, NoiseBatches(inputs, 8, seed=1), held, RANGE, config, progress=Progress(stream), plan=plan)
     assert result.stopped_by == "time budget" and result.stopped_early

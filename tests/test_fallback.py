@@ -209,12 +209,14 @@ def test_selection_rules():
     assert chosen is bigger and rule.startswith("speed") and "(mixed)" in rule
     assert choose([bigger, weights], prefer="size")[0] is weights
     assert choose([small, bigger, weights])[0] is small
-    # speed within 1.25x the smallest passing size: a mixed pick that keeps a big Dense float
-    # (3x the size) loses to a smaller one on a slow kernel
+    # speed within 2x the smallest passing int8 size: a mixed pick that keeps a big Dense float
+    # (3x the size) loses to a smaller one on a slow kernel; the sub-pixel form (16/9) does not
     heavy = a("mixed, big Dense float", 3000, 42.0, True, "mixed")
     slow = a("int8", 1000, 35.0, True, "slow")
     chosen, rule = choose([heavy, slow])
-    assert chosen is slow and "(slow)" in rule and "1.25x" in rule
+    assert chosen is slow and "(slow)" in rule and "2x" in rule
+    subpixel = a("int8, sub-pixel transposed convolutions", 1780, 35.0, True)
+    assert choose([heavy, slow, subpixel])[0] is subpixel
     # nothing passes: the best PSNR is kept (and graded as failing)
     better = a("x", 100, 25.0, False)
     assert choose([failing, better])[0] is better

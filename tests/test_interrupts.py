@@ -71,10 +71,17 @@ def test_deferred_signals_arrive_after_the_block():
     from gencompress.interrupts import Interrupted, deferred, handling_signals
 
     steps = []
-    with pytest.raises(KeyboardInterrupt):  # Python's own handler: a plain KeyboardInterrupt
-        with deferred():
-            signal.raise_signal(signal.SIGINT)
-            steps.append("after the signal")
+    # Python's own handler, a plain KeyboardInterrupt: set here, since the whole suite in one
+    # process left SIGINT otherwise by the time this ran (the test then saw no interrupt at all)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with deferred():
+                signal.raise_signal(signal.SIGINT)
+                steps.append("after the signal")
+    finally:
+        if previous is not None:  # None: set from C, cannot be put back
+            signal.signal(signal.SIGINT, previous)
     assert steps == ["after the signal"]
     with handling_signals(), pytest.raises(Interrupted) as caught:
         with deferred():

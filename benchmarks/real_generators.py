@@ -1,6 +1,6 @@
-"""Default `gencompress quantize` on every published generator in ../shared/real_generators.
+"""Default `gencompress quantize` on every published generator in ../shared/real_generators (both batches).
 
-    python benchmarks/real_generators.py [--only FILE ...] [--samples] [--fast] [--out benchmarks/results]
+    python benchmarks/real_generators.py [--only FILE ...] [--half development|held-out] [--samples] [--fast] [--out DIR]
 
 One table: load time, per format the chosen precision, PSNR against float, size vs float and
 speed-up over float (p50 of the float artifact / p50 of the chosen one, same run, 1 thread), and
@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from real_generators import REAL, load_args, manifest  # noqa: E402
+from real_generators import REAL, corpus, load_args  # noqa: E402
 
 SAMPLES = REPO / "sample_models"
 SAMPLE_FILES = ["dcgan_digits.h5", "dcgan_saturated.h5", "cvae_decoder.h5", "sr_photos.h5"]
@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="model files to run (default: all)")
     parser.add_argument("--fast", action="store_true", help="pass --fast to quantize")
     parser.add_argument("--samples", action="store_true", help="also the shipped sample models")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per model")
+    parser.add_argument("--half", choices=["development", "held-out"], help="only one half of the corpus split")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "real_generators"))
     args = parser.parse_args()
     if not REAL.is_dir():
@@ -86,7 +88,7 @@ def main() -> None:
     rows = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
     print(rows[0], flush=True)
     counts = {"pairs": 0, "meet": 0, "meet_35": 0}
-    entries = [dict(e, path=REAL / e["file"]) for e in manifest()]
+    entries = [e for e in corpus() if not args.half or e["half"] == args.half]
     if args.samples:
         entries = [{"file": n, "path": SAMPLES / n, "custom_layers": []} for n in SAMPLE_FILES] + entries
     for entry in entries:
@@ -98,7 +100,12 @@ def main() -> None:
         command = [sys.executable, "-m", "gencompress", "quantize", str(entry["path"]), "-o", str(folder)]
         command += load_args(entry, folder) + (["--fast"] if args.fast else [])
         start = time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True)
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            rows.append(f"| {entry['file']} | {load:.1f} | timed out after {args.timeout} s |")
+            print(rows[-1], flush=True)
+            continue
         wall = time.perf_counter() - start
         (folder / "stderr.log").write_text(result.stderr)
         if result.returncode not in (0, 3):

@@ -20,8 +20,11 @@ def test_subpixel_form_is_the_same_function(keras, kernel, stride, padding):
     y = keras.layers.Conv2DTranspose(4, kernel, stride, padding=padding, activation="relu", name="t")(x)
     model = keras.Model(x, y)
     new, rows = subpixel_model(model)
-    assert rows == [{"layer": "t", "rewritten": True, "reason": None, "folded": None}]
-    assert [type(layer).__name__ for layer in new.layers][1:] == ["SubpixelConvTranspose"]
+    assert rows == [{"layer": "t", "rewritten": True, "reason": None, "folded": None, "activation": None}]
+    # standard layers only (tfmot can train them quantization-aware); the conv keeps the name
+    expected = ["ZeroPadding2D", "Conv2D"] + (["TFOpLambda"] if stride > 1 else []) + ["Cropping2D"]
+    assert [type(layer).__name__ for layer in new.layers][1:] == expected
+    assert new.get_layer("t").__class__.__name__ == "Conv2D"
     xs = np.random.default_rng(0).standard_normal((2, 5, 7, 3)).astype("float32")
     expected = model(xs).numpy()
     got = new(xs).numpy()
@@ -40,11 +43,45 @@ def test_batchnorm_after_is_folded_and_odd_layers_are_left(keras):
     rng = np.random.default_rng(2)
     bn.set_weights([rng.uniform(0.5, 2, 6), rng.normal(0, 1, 6), rng.normal(0, 1, 6), rng.uniform(0.5, 2, 6)])
     new, rows = subpixel_model(model)
-    assert rows[0] == {"layer": "up", "rewritten": True, "reason": None, "folded": "bn"}
+    assert rows[0] == {"layer": "up", "rewritten": True, "reason": None, "folded": "bn", "activation": None}
     assert rows[1]["rewritten"] is False and "differ" in rows[1]["reason"]  # non-square strides
-    assert new.get_layer("bn").weights == []  # folded into the convolution: an identity now
+    assert "bn" not in [layer.name for layer in new.layers]  # folded into the convolution
     xs = rng.standard_normal((2, 4, 4, 3)).astype("float32")
     assert np.abs(new(xs).numpy() - model(xs).numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("activation", [("ReLU", {}), ("LeakyReLU", {"alpha": 0.2}), ("Activation", {"activation": "tanh"})])
+def test_activation_after_moves_before_the_shuffle_and_fuses(keras, activation):
+    """ConvTranspose → BN → ReLU: in sub-pixel form the ReLU goes before the shuffle and crop
+    (it commutes with both), where the converter fuses it into the CONV_2D; after the crop the
+    convolution's signed output was rounded to int8 before the ReLU dropped its negative half
+    (a six-block DCGAN: 28.8 dB in sub-pixel form against 32.8 in plain form; 33.0 now)."""
+    from gencompress.compat.tflite import builtin_op_name, read_flatbuffer
+    from gencompress.model import from_keras
+
+    keras.utils.set_random_seed(4)
+    cls, kwargs = activation
+    x = keras.Input((4, 4, 8), name="x")
+    y = keras.layers.Conv2DTranspose(8, 4, 2, padding="same", use_bias=False, name="up")(x)
+    y = keras.layers.BatchNormalization(name="bn")(y)
+    y = getattr(keras.layers, cls)(name="act", **kwargs)(y)
+    y = keras.layers.Conv2D(1, 3, padding="same", name="out")(y)
+    model = keras.Model(x, y)
+    model.get_layer("bn").set_weights([np.full(8, 2.0), np.full(8, 0.1), np.zeros(8), np.ones(8)])
+    new, rows = subpixel_model(model)
+    assert rows == [{"layer": "up", "rewritten": True, "reason": None, "folded": "bn", "activation": "act"}]
+    layers = [type(layer).__name__ for layer in new.layers][1:]
+    assert layers == ["ZeroPadding2D", "Conv2D", cls, "TFOpLambda", "Cropping2D", "Conv2D"]
+    xs = np.random.default_rng(5).standard_normal((2, 4, 4, 8)).astype("float32")
+    assert np.abs(new(xs).numpy() - model(xs).numpy()).max() < 1e-4
+    if cls == "ReLU":
+        session = make_session(from_keras(new), 16, 4)
+        flat = read_flatbuffer(TFLiteMixed(from_keras(new), session.calibration).build())
+        graph = flat.subgraphs[0]
+        ops = [builtin_op_name(flat, flat.operatorCodes[op.opcodeIndex]) for op in graph.operators]
+        assert "RELU" not in ops  # fused into the CONV_2D before the shuffle
+        conv = next(op for op, name in zip(graph.operators, ops) if name == "CONV_2D")
+        assert conv.builtinOptions.fusedActivationFunction == 1  # RELU
 
 
 def test_model_without_transposed_convolutions_is_not_rewritten(keras):
@@ -100,7 +137,7 @@ def test_each_transposed_convolution_can_be_kept_float_alone(keras, tmp_path):
     assert [u.op for u in kept] == ["CONV_2D"] and "image" in kept[0].name
     # the activation, pad and shuffle writing the last conv's input go float with it
     chain = mixed.companions[convs[1]]
-    assert [u.op for u in chain] == ["PAD", "LEAKY_RELU", "STRIDED_SLICE", "DEPTH_TO_SPACE"]
+    assert [u.op for u in chain] == ["PAD", "STRIDED_SLICE", "DEPTH_TO_SPACE", "LEAKY_RELU"]
 
 
 def _needs_the_last_input_float(keras, tmp_path):

@@ -41,7 +41,7 @@ Modules: ``batchnorm`` (folding), ``schemes`` (annotation, tfmot configs and lay
 
 from gencompress.compress.qat.export import AGREEMENT_DB, PRELU_NOTE, convert_qat_tflite, export_qat_onnx, int8_kernel_sparsity
 from gencompress.compress.qat.model import QatModel, build_qat_model, calibrate_ranges, check_flat, settle_weight_ranges
-from gencompress.compress.qat.batchnorm import FOLD_TOLERANCE, fold_batchnorm
+from gencompress.compress.batchnorm import FOLD_TOLERANCE, fold_batchnorm
 from gencompress.compress.qat.schemes import SATURATING_OUTPUT_RANGES, SATURATION_BOUNDS, annotate
 
 __all__ = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gencompress.compress.qat.batchnorm import _FOLD_AXIS
+from gencompress.compress.batchnorm import _FOLD_AXIS
 from gencompress.errors import ConversionError
 from gencompress.model import iter_layers
 from gencompress.tfenv import import_tf, native_output_captured

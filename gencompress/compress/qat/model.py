@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gencompress.compat.tfmot import ranges_follow_each_batch
-from gencompress.compress.qat.batchnorm import FOLD_TOLERANCE, fold_batchnorm
+from gencompress.compress.batchnorm import FOLD_TOLERANCE, fold_batchnorm
 from gencompress.compress.qat.schemes import _quantize_configs, _scheme, annotate
 from gencompress.errors import ConversionError, UnsupportedModelError
 from gencompress.model import flat_copy, iter_layers

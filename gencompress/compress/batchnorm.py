@@ -1,9 +1,12 @@
-"""BatchNorm folding for QAT: BN merged into the Dense/Conv/ConvTranspose before it.
+"""BatchNorm folding: BN merged into the Dense/Conv/ConvTranspose before it, output-equal in float.
 
-tfmot folds BatchNorm only after Conv2D and DepthwiseConv2D. After Dense it fake-quantizes the
-Dense kernel *before* the BatchNorm scale, so the converter, which folds the BatchNorm into the
-kernel, finds weights off the int8 grid and leaves the whole FULLY_CONNECTED in float; after
-Conv2DTranspose it refuses the model. Folding first, output-equal in float, avoids both.
+Every int8 form is built from the folded model (post-training variants, the sub-pixel form, QAT):
+a BatchNorm left apart is two more int8 ops (MUL, ADD), each rounding its output again, and the
+converters do not fold it everywhere: onnxruntime's quantizer leaves a BatchNormalization node
+after an activation, and tfmot folds BatchNorm only after Conv2D and DepthwiseConv2D. After Dense
+tfmot fake-quantizes the Dense kernel *before* the BatchNorm scale, so the converter, which folds
+the BatchNorm into the kernel, finds weights off the int8 grid and leaves the whole
+FULLY_CONNECTED in float; after Conv2DTranspose it refuses the model.
 """
 
 from __future__ import annotations

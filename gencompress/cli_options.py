@@ -149,6 +149,7 @@ def _gate_values(kind):
 
 
 _GATE_OPTIONS = [
+    ("min_psnr_worst", float, "Gate: PSNR of the worst held-out sample at least this (dB); the fidelity search aims at it too."),
     ("min_ssim", float, "Gate: SSIM against the float model at least this (image outputs)."),
     ("max_bytes", int, "Gate: artifact size at most this many bytes."),
     ("max_size_ratio", float, "Gate: artifact size at most this share of the float32 artifact's (0.3: 30 %)."),

@@ -24,7 +24,7 @@ SCHEDULES = ("constant", "polynomial")
 STRUCTURES = ("2:4",)
 DISTRIBUTE = ("none", "mirrored", "multi-worker")
 PREFER = ("speed", "size")
-GATES = ("min_psnr", "min_ssim", "max_bytes", "max_size_ratio", "min_speedup", "max_latency_ms")
+GATES = ("min_psnr", "min_psnr_worst", "min_ssim", "max_bytes", "max_size_ratio", "min_speedup", "max_latency_ms")
 LATENCY_GATES = ("min_speedup", "max_latency_ms")
 
 
@@ -42,12 +42,14 @@ def _finite(x) -> bool:
 class FormatGates:
     """Limits every gated artifact of one format must meet (``None``: no such gate).
 
-    ``min_psnr`` / ``min_ssim`` against the float model; ``max_bytes``: file size;
+    ``min_psnr`` / ``min_ssim`` against the float model; ``min_psnr_worst``: the PSNR of the
+    worst held-out sample (the fidelity search then aims at it too); ``max_bytes``: file size;
     ``max_size_ratio``: size over the float32 artifact of the same format; ``min_speedup``: the
     float32 artifact's p50 latency over this one's; ``max_latency_ms``: p50 latency.
     """
 
     min_psnr: float | None = None
+    min_psnr_worst: float | None = None
     min_ssim: float | None = None
     max_bytes: int | None = None
     max_size_ratio: float | None = None

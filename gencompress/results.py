@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.1"  # 1.1: files, gates, recipe, runtime (onnxruntime graph), search compute classes and rule
+SCHEMA_VERSION = "1.2"  # 1.1: files, gates, recipe, runtime (onnxruntime graph), search compute classes and rule; 1.2: per-sample PSNR (worst, 5th percentile, median) and tail samples of the held-out set
 
 
 class _Model(BaseModel):
@@ -26,12 +26,18 @@ class Fidelity(_Model):
 
     ``psnr_db`` over the output range (capped at 200 dB for identical outputs; ``None`` when
     the artifact produced NaN/Inf); ``ssim``: mean SSIM for image outputs (``None`` otherwise,
-    or not measured)."""
+    or not measured); ``psnr_worst_db`` / ``psnr_p5_db`` / ``psnr_median_db``: the worst,
+    5th-percentile and median of the samples' own PSNRs, ``worst_sample`` the worst one's index."""
 
     psnr_db: Optional[float]
     mse: Optional[float]
     max_abs_error: float
     ssim: Optional[float] = None
+    # schema 1.2: the per-sample PSNR distribution (each held-out sample's own PSNR)
+    psnr_worst_db: Optional[float] = None
+    psnr_p5_db: Optional[float] = None
+    psnr_median_db: Optional[float] = None
+    worst_sample: Optional[int] = None
 
 
 class Latency(_Model):
@@ -49,6 +55,7 @@ class SearchAttempt(_Model):
     precision: str
     size_bytes: int
     psnr_db: Optional[float]
+    psnr_worst_db: Optional[float] = None
     latency_p50_ms: float
     passed: bool
     slower_than_float: bool
@@ -68,6 +75,7 @@ class SearchRecord(_Model):
     """How the fidelity search chose an artifact: every attempt and the ranking of units."""
 
     target_psnr_db: Optional[float]
+    target_psnr_worst_db: Optional[float] = None  # --min-psnr-worst: the worst sample's target too
     chosen: str
     rule: str = ""  # which selection rule picked it (speed or size)
     compute: str = "int8"  # how the pick computes: int8, mixed, float or slow
@@ -195,11 +203,13 @@ class ModelInfo(_Model):
 
 
 class DataInfo(_Model):
-    """Where the held-out evaluation samples came from, and how many."""
+    """Where the held-out evaluation samples came from, and how many (``tail_samples``: of them,
+    noise latents drawn at tail norms, the last ones)."""
 
     source: str
     samples: int
     seed: int
+    tail_samples: Optional[int] = None
 
 
 class CalibrationInfo(DataInfo):

@@ -24,7 +24,7 @@ def _report(**extra) -> dict:
     artifact = {
         "path": "out/m.int8.tflite", "format": "tflite", "precision": "int8", "size_bytes": 2048, "gzip_bytes": 1024,
         "size_vs_float": 0.25, "latency_ms": {"p50": 0.5, "p90": 0.6, "runs": 10},
-        "fidelity": {"psnr_db": 41.234, "mse": 1e-5, "max_abs_error": 0.01, "ssim": 0.99876}, "passed": True,
+        "fidelity": {"psnr_db": 41.234, "mse": 1e-5, "max_abs_error": 0.01, "ssim": 0.99876, "psnr_worst_db": 33.5}, "passed": True,
         "notes": ["chosen by the fidelity search: int8, saturation-aware ranges"],
     }
     base = {
@@ -44,8 +44,8 @@ def _report(**extra) -> dict:
 def test_terminal_table_and_summary():
     report = _report()
     table = terminal_table(report).splitlines()
-    assert table[0].split() == ["artifact", "precision", "size", "gzip", "vs", "float", "p50", "ms", "PSNR", "dB", "SSIM", "passed"]
-    assert table[2].split() == ["m.int8.tflite", "int8", "2.0", "KiB", "1.0", "KiB", "25%", "0.500", "41.23", "0.9988", "yes"]
+    assert table[0].split() == ["artifact", "precision", "size", "gzip", "vs", "float", "p50", "ms", "PSNR", "dB", "worst", "dB", "SSIM", "passed"]
+    assert table[2].split() == ["m.int8.tflite", "int8", "2.0", "KiB", "1.0", "KiB", "25%", "0.500", "41.23", "33.50", "0.9988", "yes"]
     summary = terminal_summary(report).splitlines()
     assert summary == ["note: --fast: a quick look", "note: m.int8.tflite: chosen by the fidelity search: int8, saturation-aware ranges"]
 

@@ -19,6 +19,7 @@ from gencompress.calibration.sources import (
     image_folder_arrays,
     noise_set,
     split,
+    with_tail_latents,
 )
 from gencompress.errors import CalibrationError
 
@@ -102,7 +103,7 @@ class Calibration:
         if self.kind == "noise":
             calib = noise_set(inputs, calibration_samples, np.random.default_rng([seed, 0]), label_ranges)
             held = noise_set(inputs, eval_samples, np.random.default_rng([seed, 1]), label_ranges)
-            return calib, held
+            return calib, with_tail_latents(held, inputs)
         if self.kind == "arrays":
             data = checked_arrays(inputs, self.arrays, "arrays")
         elif self.kind == "file":

@@ -74,6 +74,7 @@ class Attempt:
     float_units: list = field(default_factory=list)
     size_bytes: int = 0
     psnr_db: float | None = None
+    psnr_worst_db: float | None = None  # the worst held-out sample's own PSNR
     p50_ms: float = 0.0
     latency: dict | None = field(default=None, repr=False)  # the full measurement (p50, p90, runs)
     passed: bool = False
@@ -88,6 +89,7 @@ class Attempt:
             "precision": self.precision,
             "size_bytes": self.size_bytes,
             "psnr_db": self.psnr_db,
+            "psnr_worst_db": self.psnr_worst_db,
             "latency_p50_ms": self.p50_ms,
             "passed": self.passed,
             "slower_than_float": self.slower_than_float,
@@ -137,12 +139,14 @@ class Measurer:
     """Measures candidate bytes of one format in its runtime against the float model's outputs.
 
     ``held``/``reference``: the held-out inputs and the float outputs on them; ``make_runner(path)``
-    gives the runtime; ``latency(runner, sample)`` the one latency protocol of the run."""
+    gives the runtime; ``latency(runner, sample)`` the one latency protocol of the run. An attempt
+    passes when its PSNR reaches ``min_psnr`` and, given ``min_worst``, its worst sample's does."""
 
     def __init__(self, fmt, held, reference, output_range, make_runner, latency, float_p50, min_psnr, workdir: Path,
-                 progress: Progress | None = None, screen_samples: int = SCREEN_SAMPLES):
+                 progress: Progress | None = None, screen_samples: int = SCREEN_SAMPLES, min_worst: float | None = None):
         self.fmt, self.held, self.reference, self.output_range = fmt, held, reference, output_range
         self.make_runner, self.latency, self.float_p50, self.min_psnr = make_runner, latency, float_p50, min_psnr
+        self.min_worst = min_worst
         self.workdir, self.progress, self.screen_samples = Path(workdir), progress or Progress.silent(), screen_samples
         self.count = 0
         self.screen_indices: list[int] | None = None  # which held-out samples a screen runs on
@@ -161,7 +165,7 @@ class Measurer:
     def __call__(self, label: str, precision: str, data: bytes, float_units=(), screen: bool = False) -> Attempt:
         """PSNR on the held-out set and latency; ``screen``: PSNR on the first few held-out
         samples only and no latency (ranking units)."""
-        from gencompress.report.metrics import fidelity
+        from gencompress.report.metrics import fidelity, per_sample
 
         self.count += 1
         path = self.workdir / f"candidate-{self.count}.{self.fmt}"
@@ -175,6 +179,7 @@ class Measurer:
             with self.progress.phase(f"{self.fmt} try {self.count}: {label}", total=len(held), unit="sample") as phase:
                 outputs = runner.run_all(held, on_sample=phase.update)
                 psnr = fidelity(reference, outputs, self.output_range, with_ssim=False)["psnr_db"]
+                worst = per_sample(reference, outputs, self.output_range)["psnr_worst_db"]
                 latency = None if screen else self.latency(runner, held.sample(0))
                 phase.describe(f"{psnr} dB" + ("" if screen else f", {len(data):,} bytes, p50 {latency['p50']:.3f} ms"))
         finally:
@@ -187,9 +192,10 @@ class Measurer:
             float_units=list(float_units),
             size_bytes=len(data),
             psnr_db=psnr,
+            psnr_worst_db=worst,
             p50_ms=p50,
             latency=latency,
-            passed=psnr is not None and psnr >= self.min_psnr,
+            passed=psnr is not None and psnr >= self.min_psnr and (self.min_worst is None or (worst or 0.0) >= self.min_worst),
             slower_than_float=p50 is not None and p50 > self.float_p50 * SLOWER_FACTOR,
             outputs=None if screen else outputs,
         )

@@ -149,11 +149,12 @@ def guarded_int8(session: Session, fmt: str, hint: str = ""):
 def _searched(session: Session, fmt: str, target: float):
     float_p50 = artifact(session, fmt).latency_ms.p50
     candidates = tflite_candidates(session) if fmt == "tflite" else onnx_candidates(session)
+    worst = session.config.gates.for_format(fmt).get("min_psnr_worst") if target > _NO_FLOOR_DB else None
     measure = Measurer(
         fmt, session.evaluation, session.reference, session.output_range,
         make_runner=lambda path: session.runner(path, fmt), latency=session.latency,
         float_p50=float_p50, min_psnr=target, workdir=session.workdir, progress=session.progress,
-        screen_samples=FAST_SCREEN_SAMPLES if session.config.fast else SCREEN_SAMPLES,
+        screen_samples=FAST_SCREEN_SAMPLES if session.config.fast else SCREEN_SAMPLES, min_worst=worst,
     )
     chosen, attempts, ranking, rule = search(candidates, measure, session.progress.log, prefer=session.config.prefer)
     notes = []
@@ -170,6 +171,7 @@ def _searched(session: Session, fmt: str, target: float):
     plain = next(a for a in attempts if a.label == "int8") if attempts[0].label == "int8" else attempts[0]
     result.fallback = SearchRecord(
         target_psnr_db=target,
+        target_psnr_worst_db=worst,
         chosen=chosen.label,
         rule=rule,
         compute=chosen.compute,

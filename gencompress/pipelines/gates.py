@@ -15,7 +15,7 @@ from gencompress.pipelines.grading import grade
 from gencompress.results import ArtifactResult, GateCheck, GatesSection, Latency
 
 # Gates whose measured value must reach the limit (the others must stay under it).
-_LOWER_BOUND = {"min_psnr", "min_ssim", "min_speedup"}
+_LOWER_BOUND = {"min_psnr", "min_psnr_worst", "min_ssim", "min_speedup"}
 # A latency gate re-measures the gated artifacts and their float32 references in turn, this many
 # rounds of this many timed runs, and judges the median of the rounds (the speed-up: the median
 # of each round's ratio), within about this many seconds. On this shared 2-core machine one
@@ -37,6 +37,8 @@ def measure(a: ArtifactResult, gate: str, float_p50: float | None) -> float | No
     """The value ``gate`` judges on artifact ``a`` (``None``: not measured)."""
     if gate == "min_psnr":
         return a.fidelity.psnr_db
+    if gate == "min_psnr_worst":
+        return a.fidelity.psnr_worst_db
     if gate == "min_ssim":
         return a.fidelity.ssim
     if gate == "max_bytes":

@@ -213,12 +213,36 @@ def add_artifact(session: Session, fmt: str, precision: str, data: bytes, tag: s
     path = session.add_file(name, data)
     result = evaluate_artifact(session, path, fmt, precision, measured)
     result.variant = tag or None
-    result.notes = list(notes)
+    result.notes = list(notes) + ([] if precision == "float32" else worst_sample_notes(session, result.fidelity))
     if fmt == "onnx" and precision != "float32":
         result.runtime = onnx_runtime(session, path, result)
         result.notes += runtime_notes(result.runtime)
     session.artifacts.append(result)
     return result
+
+
+# A held-out sample this far under the mean PSNR, or under WORST_FLOOR_DB while the mean meets
+# MEAN_FLOOR_DB, is named in the artifact's notes: the mean hides the samples a user sees broken.
+WORST_GAP_DB, WORST_FLOOR_DB, MEAN_FLOOR_DB = 10.0, 25.0, 30.0
+
+
+def worst_sample_notes(session: Session, fidelity) -> list[str]:
+    """One line naming the worst held-out sample when it is far under the mean (see above):
+    which one, whether it is a tail latent, and its inputs' norms."""
+    mean, worst, i = fidelity.psnr_db, fidelity.psnr_worst_db, fidelity.worst_sample
+    if mean is None or worst is None or i is None:
+        return []
+    if not (worst < mean - WORST_GAP_DB or (mean >= MEAN_FLOOR_DB and worst < WORST_FLOOR_DB)):
+        return []
+    held = session.evaluation
+    norms = ", ".join(
+        f"{t.name} norm {float(np.linalg.norm(held.arrays[t.name][i])):.1f}" for t in session.model.inputs if not t.is_integer
+    )
+    kind = "a tail latent drawn 1 in 50 to 1 in 1,000" if held.is_tail(i) else "an ordinary draw"
+    return [
+        f"worst held-out sample #{i} at {worst} dB against {mean} dB over all ({kind}; {norms}): "
+        "the mean PSNR hides it; --min-psnr-worst makes the search aim at it"
+    ]
 
 
 # A quantized ONNX artifact less than this much faster than its float one gets onnxruntime's

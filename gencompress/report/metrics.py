@@ -58,6 +58,38 @@ def fidelity(
         "mse": None if math.isnan(mse) else mse,
         "max_abs_error": float(np.max(np.abs(err))) if ref.size else 0.0,
         "ssim": _round(float(np.mean(ssims)), 5) if ssims else None,
+        **per_sample(reference, test, output_range),
+    }
+
+
+def sample_psnr(reference: list[np.ndarray], test: list[np.ndarray], output_range: tuple[float, float]) -> np.ndarray | None:
+    """PSNR of each sample (every output of that sample together), or ``None`` with NaN/Inf."""
+    n = len(reference[0])
+    mse = np.zeros(n, np.float64)
+    count = 0
+    for r, t in zip(reference, test):
+        e = np.asarray(t, np.float64).reshape(n, -1) - np.asarray(r, np.float64).reshape(n, -1)
+        if not np.all(np.isfinite(e)):
+            return None
+        mse += np.sum(e**2, axis=1)
+        count += e.shape[1]
+    lo, hi = output_range
+    return np.array([psnr_db(m / max(count, 1), hi - lo) for m in mse])
+
+
+def per_sample(reference, test, output_range) -> dict:
+    """The per-sample PSNR distribution: worst, 5th percentile, median, and which sample is worst.
+    The mean PSNR is one MSE over every sample: one latent drawn from the tail of the normal
+    (a 16-d latent of norm 5.2, a 1-in-50 draw) can draw a visibly different digit at 22 dB
+    while the whole set reads 36 dB."""
+    values = sample_psnr(reference, test, output_range)
+    if values is None or not len(values):
+        return {"psnr_worst_db": None, "psnr_p5_db": None, "psnr_median_db": None, "worst_sample": None}
+    return {
+        "psnr_worst_db": _round(float(values.min())),
+        "psnr_p5_db": _round(float(np.percentile(values, 5))),
+        "psnr_median_db": _round(float(np.median(values))),
+        "worst_sample": int(np.argmin(values)),
     }
 
 

@@ -61,6 +61,7 @@ class SearchAttempt(_Model):
     slower_than_float: bool
     float_layers: list[str] = Field(default_factory=list)
     compute: str = "int8"  # int8, mixed, float (float compute) or slow (reference kernels)
+    float_macs_share: float = 0.0  # of the model's multiply-accumulates, the share the float layers do
 
 
 class HarmfulUnit(_Model):

@@ -74,7 +74,7 @@ def noise_set(inputs, n: int, rng: np.random.Generator, label_ranges: dict | Non
 # over TAIL_QUANTILES. The draws a user meets one time in 50 to 1,000 are where int8 breaks first:
 # on a cGAN with 16-d latents one of norm 5.2 (a 1-in-50 draw) drew a different digit at 21.8 dB
 # while the mean over 64 latents read 36 dB.
-TAIL_SHARE, TAIL_QUANTILES = 8, (0.98, 0.999)
+TAIL_SHARE, TAIL_QUANTILES = 16, (0.98, 0.999)
 
 
 def with_tail_latents(held: CalibrationSet, inputs) -> CalibrationSet:

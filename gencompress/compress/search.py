@@ -63,6 +63,10 @@ MIN_GAIN_DB = 0.3
 TRANSFORMED_BASE_MARGIN_DB = 3.0
 # Compute classes, fastest first (see ``compute_class``).
 SPEED_CLASSES = ("int8", "mixed", "float", "slow")
+# A "mixed" attempt whose units kept float do at least this share of the model's multiply-
+# accumulates computes in float in all but name: classed ``float``. A VAE decoder's mixed pick
+# kept 14 units float in sub-pixel form: 169 % of the float file's size, 0.49x its speed in ONNX.
+FLOAT_MACS_SHARE = 0.5
 PREFER = ("speed", "size")
 
 
@@ -82,6 +86,7 @@ class Attempt:
     variant: object = field(default=None, repr=False)
     outputs: list = field(default=None, repr=False)  # on the whole held-out set
     compute: str = "int8"  # its class in SPEED_CLASSES
+    float_macs_share: float = 0.0  # of the model's multiply-accumulates, the share its float units do
 
     def summary(self) -> dict:
         return {
@@ -95,6 +100,7 @@ class Attempt:
             "slower_than_float": self.slower_than_float,
             "float_layers": [u.label for u in self.float_units],
             "compute": self.compute,
+            "float_macs_share": round(self.float_macs_share, 4),
         }
 
 
@@ -108,6 +114,7 @@ class Variant:
     units: list | None = None
     denied_by_type: frozenset | None = None
     companions: dict | None = None
+    macs: dict | None = None  # MACs by layer name of the model it quantizes
 
     def __call__(self, floats):
         return self.build(floats)
@@ -133,6 +140,8 @@ class Candidates:
     denied_by_type: frozenset = frozenset()
     slow_ops: Callable[[bytes], set[str]] | None = None
     companions: dict = field(default_factory=dict)
+    macs: dict = field(default_factory=dict)  # MACs by Keras layer name (``report.macs``)
+    float_size: int | None = None  # bytes of the float artifact: no quantized pick may be larger
 
 
 class Measurer:
@@ -201,23 +210,36 @@ class Measurer:
         )
 
 
-def compute_class(precision: str, float_units, slow_ops: set) -> str:
+def compute_class(precision: str, float_units, slow_ops: set, float_share: float = 0.0) -> str:
     """How an attempt computes, from its graph: ``int8`` (every unit int8 on the fast path),
-    ``mixed`` (some units float, all on the fast path), ``float`` (float compute: weight-only
-    int8, float16) or ``slow`` (ops on reference kernels: int16 activations, an int8 op the
-    fast path does not take)."""
+    ``mixed`` (some units float, all on the fast path, doing under ``FLOAT_MACS_SHARE`` of the
+    work), ``float`` (float compute: weight-only int8, float16, or units kept float doing most
+    of the work) or ``slow`` (ops on reference kernels: int16 activations, an int8 op the fast
+    path does not take)."""
     if precision == "int16x8" or slow_ops:
         return "slow"
-    if precision in ("int8-weights", "float16"):
+    if precision in ("int8-weights", "float16") or float_share >= FLOAT_MACS_SHARE:
         return "float"
     return "mixed" if float_units else "int8"
 
 
-def choose(attempts: list[Attempt], prefer: str = "speed") -> tuple[Attempt, str]:
-    """The pick and the rule that picked it (see the module docstring)."""
+def float_macs_share(float_units, macs: dict) -> float:
+    """The share of the model's multiply-accumulates done by the layers of ``float_units``."""
+    total = sum(macs.values())
+    layers = {layer for u in float_units for layer in u.layers}
+    return sum(macs.get(layer, 0) for layer in layers) / total if total else 0.0
+
+
+def choose(attempts: list[Attempt], prefer: str = "speed", max_size: int | None = None) -> tuple[Attempt, str]:
+    """The pick and the rule that picked it (see the module docstring). No attempt larger than
+    ``max_size`` (the float artifact's bytes) is picked while a smaller one exists."""
+    fitting = [a for a in attempts if max_size is None or a.size_bytes <= max_size]
+    oversize = "" if len(fitting) == len(attempts) else f"; larger than the float artifact ({max_size:,} bytes): never picked"
+    attempts = fitting or attempts
     passing = [a for a in attempts if a.passed]
     if not passing:
-        return max(attempts, key=lambda a: -1.0 if a.psnr_db is None else a.psnr_db), "nothing met the target: the best PSNR"
+        best = max(attempts, key=lambda a: -1.0 if a.psnr_db is None else a.psnr_db)
+        return best, "nothing met the target: the best PSNR" + oversize
     rule = "size: the smallest passing artifact"
     if prefer == "speed":
         # speed within a size budget: a class whose artifacts all weigh more than 1.25x the
@@ -230,7 +252,7 @@ def choose(attempts: list[Attempt], prefer: str = "speed") -> tuple[Attempt, str
                 f"within {PICK_SIZE_BUDGET:g}x the smallest passing int8 size")
     smallest = min(a.size_bytes for a in passing)
     near = [a for a in passing if a.size_bytes <= smallest * 1.01]
-    return max(near, key=lambda a: (a.psnr_db, -a.size_bytes)), rule
+    return max(near, key=lambda a: (a.psnr_db, -a.size_bytes)), rule + oversize
 
 
 class _Search:
@@ -259,7 +281,9 @@ class _Search:
             a.float_units = self.c.float_units(a.data)  # what really stayed float
         slow = self.c.slow_ops(a.data) if self.c.slow_ops is not None and precision in ("int8", "mixed") else set()
         slow = slow - {u.op for u in a.float_units}  # what the search kept float on purpose
-        a.compute = compute_class(precision, a.float_units, slow)
+        own_macs = variant.macs if isinstance(variant, Variant) and variant.macs is not None else self.c.macs
+        a.float_macs_share = float_macs_share(a.float_units, own_macs) if precision == "mixed" else 0.0
+        a.compute = compute_class(precision, a.float_units, slow, a.float_macs_share)
         # Outputs are kept for what can still be picked (passing ones, the best failing one), so
         # the pick is not run again; on 400×600 images each attempt's are tens of megabytes.
         best = max((b for b in self.attempts if not b.passed and b.outputs is not None), key=lambda b: b.psnr_db or -1.0, default=None)
@@ -364,7 +388,8 @@ class _Search:
         floats = list(dict.fromkeys(kept + [u for u in units if u.op in slow]))
         label = f"{chosen.label}; {', '.join(sorted(slow))} in float (no XNNPACK int8 kernel)"
         a = self.try_variant(label, chosen.variant, floats)
-        if a is not None and a.passed and a.size_bytes <= chosen.size_bytes * SPEED_SIZE_BUDGET:
+        fits = c.float_size is None or a is None or a.size_bytes <= c.float_size
+        if a is not None and a.passed and fits and a.size_bytes <= chosen.size_bytes * SPEED_SIZE_BUDGET:
             if not (c.slow_ops(a.data) & slow):
                 return a
         return chosen
@@ -390,7 +415,7 @@ def search(candidates: Candidates, measure: Measurer, log=lambda msg: None, pref
             s.attempt(label, precision, build)
     if not s.attempts:
         raise ConversionError(f"no {candidates.fmt} quantization could be built")
-    chosen, rule = choose(s.attempts, prefer)
+    chosen, rule = choose(s.attempts, prefer, candidates.float_size)
     faster = s.faster(chosen)
     if faster is not chosen:
         chosen, rule = faster, rule + "; then its slow op types kept float"

@@ -43,11 +43,17 @@ def float_onnx(session: Session, model=None) -> bytes:
     return cache[id(model)][1]
 
 
+def int8_source(session: Session):
+    """What every int8 form of the session's model is built from: its BatchNorm-folded copy
+    (``compress.batchnorm``), or the model itself when it has no BatchNorm to fold."""
+    return transformed(session, "folded") or session.model
+
+
 def tflite_calibrated(session: Session, model=None):
-    """``model`` (default: the session's) calibrated for TFLite once per run (``TFLiteMixed``)."""
+    """``model`` (default: the session's int8 source) calibrated for TFLite once per run (``TFLiteMixed``)."""
     from gencompress.compress.quantization import TFLiteMixed
 
-    model = model if model is not None else session.model
+    model = model if model is not None else int8_source(session)
     cache = session.cache.tflite_calibrations
     if id(model) not in cache:
         cache[id(model)] = (model, TFLiteMixed(model, session.calibration, session.progress))
@@ -55,12 +61,12 @@ def tflite_calibrated(session: Session, model=None):
 
 
 def quantize_onnx_calibrated(session: Session, precision: str, method: str, nodes_to_exclude=(), range_overrides=None, model=None) -> bytes:
-    """Static ONNX quantization of ``model``'s float graph (default: the session's model),
+    """Static ONNX quantization of ``model``'s float graph (default: the session's int8 source),
     calibrated once per model and method: onnxruntime writes the ranges to a cache file on the
     first call and reads them on every later one (variants, mixed precision, int16x8)."""
     from gencompress.converters.onnx import quantize_onnx
 
-    model = model if model is not None else session.model
+    model = model if model is not None else int8_source(session)
     float_bytes = float_onnx(session, model)
     index = list(session.cache.onnx_exports).index(id(model))  # the model's place names its cache
     cache = session.cache.dir / f"onnx-calibration-{index}-{method}.json"
@@ -88,16 +94,17 @@ def build_artifact(session: Session, fmt: str, precision: str, model=None) -> by
     from gencompress.converters.tflite import convert_tflite
 
     config = session.config
+    int8_model = model  # None: the session's int8 source (BatchNorm folded)
     model = model if model is not None else session.model
     int8_io = getattr(config, "int8_io", False)
     if fmt == "tflite" and precision == "int8":
-        return tflite_calibrated(session, model).build(int8_io=int8_io)
+        return tflite_calibrated(session, int8_model).build(int8_io=int8_io)
     if fmt == "onnx":
         float_bytes = float_onnx(session, model)
         if precision == "float32":
             return float_bytes
         if precision in ("int8", "int16x8"):
-            return quantize_onnx_calibrated(session, precision, getattr(config, "calibration_method", "minmax"), model=model)
+            return quantize_onnx_calibrated(session, precision, getattr(config, "calibration_method", "minmax"), model=int8_model)
     with session.progress.phase(f"{fmt} {precision}: converting"):
         if fmt == "tflite":
             return convert_tflite(model, precision, session.calibration, int8_io=int8_io)
@@ -188,9 +195,10 @@ def _searched(session: Session, fmt: str, target: float):
 
 
 def transformed(session: Session, kind: str):
-    """A function-equal copy of the session's model made for quantizing (``subpixel``: strided
-    transposed convolutions as convolutions), or ``None`` when it changes nothing or does not
-    match the model's outputs. Made once per run."""
+    """A function-equal copy of the session's model made for quantizing (``folded``: BatchNorm
+    folded into the layer before it; ``subpixel``: that, and transposed convolutions as
+    convolutions), or ``None`` when it changes nothing or does not match the model's outputs.
+    Made once per run."""
     key = (kind, id(session.model))  # a run may quantize a derived model (pruned, student) too
     if key not in session.cache.transforms:
         session.cache.transforms[key] = (session.model, _transform(session, kind))  # held: ids stay unique
@@ -203,14 +211,26 @@ def _transform(session: Session, kind: str):
     import numpy as np
 
     from gencompress.compress import subpixel
+    from gencompress.compress.batchnorm import fold_batchnorm
+    from gencompress.model import flat_copy, iter_layers
 
     model = session.model
-    if model.keras_model is None or not subpixel.has_conv_transposes(model.keras_model):
+    if model.keras_model is None:
         return None
-    with session.progress.phase("transposed convolutions in sub-pixel form"):
-        new, rows = subpixel.subpixel_model(model.keras_model)
-    if new is None:
-        return None
+    if kind == "folded":
+        if not any(type(layer).__name__ in ("BatchNormalization", "SyncBatchNormalization") for layer in iter_layers(model.keras_model)):
+            return None
+        with session.progress.phase("BatchNorm folded into the layers before it"):
+            new, rows = fold_batchnorm(flat_copy(model.keras_model))
+        if not any(r["folded"] for r in rows):
+            return None
+    else:
+        if not subpixel.has_conv_transposes(model.keras_model):
+            return None
+        with session.progress.phase("transposed convolutions in sub-pixel form"):
+            new, rows = subpixel.subpixel_model(model.keras_model)
+        if new is None:
+            return None
     held = session.evaluation.take(8)
     x = [held.arrays[n] for n in model.input_names]
     out = new(x if len(x) > 1 else x[0], training=False)
@@ -218,7 +238,7 @@ def _transform(session: Session, kind: str):
     lo, hi = session.output_range
     error = max(float(np.max(np.abs(np.asarray(o) - r[:8]))) for o, r in zip(out, session.reference))
     if not error <= subpixel.TOLERANCE * max(1.0, hi - lo):
-        session.progress.log(f"  sub-pixel form differs from the model by {error:.3g}: not used")
+        session.progress.log(f"  {kind} form differs from the model by {error:.3g}: not used")
         return None
     return dataclasses.replace(model, keras_model=new)
 
@@ -243,7 +263,7 @@ def tflite_candidates(session: Session) -> Candidates:
             sat = sub_mixed.clamped is not None
             label = "int8, sub-pixel transposed convolutions" + (", saturation-aware ranges" if sat else "")
             build = lambda floats: sub_mixed.build(floats, saturation_aware=sat, int8_io=int8_io)  # noqa: E731
-            yield label, Variant(build, sub_mixed.units, frozenset(TFLITE_OPS_DENIED_BY_TYPE), sub_mixed.companions)
+            yield label, Variant(build, sub_mixed.units, frozenset(TFLITE_OPS_DENIED_BY_TYPE), sub_mixed.companions, layer_macs(sub))
 
     def float_tflite() -> bytes:
         # the run's float32 artifact of this model is already written: no second conversion
@@ -268,6 +288,8 @@ def tflite_candidates(session: Session) -> Candidates:
         denied_by_type=frozenset(TFLITE_OPS_DENIED_BY_TYPE),
         slow_ops=lambda data: tflite_undelegated_ops(data) - float_undelegated(),
         companions=mixed.companions,
+        macs=layer_macs(session.model),
+        float_size=artifact(session, "tflite").size_bytes,
     )
 
 
@@ -291,7 +313,8 @@ def onnx_candidates(session: Session) -> Candidates:
     from gencompress.converters.onnx import quantize_onnx
 
     float_bytes = float_onnx(session)
-    overrides = onnx_saturation_overrides(float_bytes)
+    int8_bytes = float_onnx(session, int8_source(session))  # BatchNorm folded
+    overrides = onnx_saturation_overrides(int8_bytes)
     first = session.config.calibration_method
 
     def variant(method, ranges, model=None):
@@ -310,18 +333,32 @@ def onnx_candidates(session: Session) -> Candidates:
             sub_overrides = onnx_saturation_overrides(sub_float) or None
             label = "int8, sub-pixel transposed convolutions" + (", saturation-aware ranges" if sub_overrides else "")
             units = onnx_units(sub_float, keras_layer_names(session.model))
-            yield label, Variant(variant(first, sub_overrides, sub), units, None, onnx_companions(sub_float, units))
+            yield label, Variant(variant(first, sub_overrides, sub), units, None, onnx_companions(sub_float, units), layer_macs(sub))
 
-    units = onnx_units(float_bytes, keras_layer_names(session.model))
+    units = onnx_units(int8_bytes, keras_layer_names(session.model))
     return Candidates(
         fmt="onnx",
         units=units,
         slow_ops=onnx_float_heavy_ops,
-        companions=onnx_companions(float_bytes, units),
+        companions=onnx_companions(int8_bytes, units),
         same_size=same_size,
         weight_only=lambda: onnx_weight_only(float_bytes),
         wider=[
             ("int16 activations", "int16x8", lambda: quantize_onnx_calibrated(session, "int16x8", first)),
             ("float16", "float16", lambda: quantize_onnx(float_bytes, "float16")),
         ],
+        macs=layer_macs(session.model),
+        float_size=artifact(session, "onnx").size_bytes,
     )
+
+
+def layer_macs(model) -> dict:
+    """MACs by layer name of a ``LoadedModel`` (empty for a plain SavedModel)."""
+    from gencompress.report.macs import count_macs
+
+    if model.keras_model is None:
+        return {}
+    macs: dict = {}
+    for row in count_macs(model.keras_model).layers:
+        macs[row["name"]] = macs.get(row["name"], 0) + row["macs"]
+    return macs

@@ -5,7 +5,7 @@ from __future__ import annotations
 from gencompress.calibration import Calibration
 from gencompress.config import AnalyzeConfig, ExportConfig, QuantizeConfig
 from gencompress.errors import GencompressError, UnsupportedModelError
-from gencompress.pipelines.build import build_artifacts, float_onnx, quantize_onnx_calibrated, tflite_calibrated
+from gencompress.pipelines.build import build_artifacts, float_onnx, int8_source, quantize_onnx_calibrated, tflite_calibrated
 from gencompress.pipelines.gates import judge
 from gencompress.pipelines.result import Result
 from gencompress.pipelines.session import Session, make_report, prepare
@@ -143,9 +143,9 @@ def _sensitivity(session: Session, fmt: str) -> dict:
     )
     if fmt == "tflite":
         mixed = tflite_calibrated(session)
-        stats = debugger_stats(session.model, session.calibration, session.evaluation)
+        stats = debugger_stats(int8_source(session), session.calibration, session.evaluation)
         return sensitivity(mixed.units, mixed.build, TFLITE_OPS_DENIED_BY_TYPE, measure, stats)
-    units = onnx_units(float_onnx(session), keras_layer_names(session.model))
+    units = onnx_units(float_onnx(session, int8_source(session)), keras_layer_names(session.model))
     method = session.config.calibration_method
     return sensitivity(units, lambda floats: quantize_onnx_calibrated(session, "int8", method, [u.name for u in floats]), frozenset(), measure)
 

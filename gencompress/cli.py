@@ -134,8 +134,8 @@ Q = C.QuantizeConfig
 @click.option("--calibration-method", default=default_of(Q, "calibration_method"), show_default=True, type=click.Choice(C.CALIBRATION_METHODS), help="ONNX static calibration method.")
 @click.option("--min-psnr", default=default_of(Q, "min_psnr"), show_default=True, type=float, help="Fidelity target in dB: int8 artifacts that miss it fall back to better calibration, mixed precision, then wider types. 0 turns the guard off.")
 @click.option("--prefer", default=default_of(Q, "prefer"), show_default=True, type=click.Choice(C.PREFER), help="Among artifacts that meet --min-psnr: speed takes those that compute fastest (full int8, then mixed precision, then float compute); size the smallest.")
-@click.option("--method", default=default_of(Q, "method"), show_default=True, type=click.Choice(C.METHODS), help="ptq: post-training only; qat: also quantization-aware training (fine-tuned against the float model), written as <stem>-qat.int8.* beside the post-training artifacts; auto: QAT only when no post-training artifact meets --min-psnr in int8 or mixed compute, and the passing one of the two shipped.")
-@training_options(C.QAT_TRAINING, "--method qat: ")
+@click.option("--method", default=default_of(Q, "method"), show_default=True, type=click.Choice(C.METHODS), help="auto: post-training, and quantization-aware training (about 3 minutes, planned from the model's size) only when no post-training artifact meets --min-psnr at int8 speed, the faster passing one shipped; ptq: post-training only; qat: always also QAT, written as <stem>-qat.int8.* beside the post-training artifacts.")
+@training_options(C.QAT_TRAINING, "--method qat or auto: ")
 @gate_options
 @record_options
 def quantize(model, output_dir, trust_code, custom_objects, modes, int8_io, calibration_method, min_psnr, prefer, method,
@@ -145,8 +145,8 @@ def quantize(model, output_dir, trust_code, custom_objects, modes, int8_io, cali
     \b
     Examples:
       gencompress quantize sample_models/dcgan_digits.h5 --mode int8,float16
-      gencompress quantize model.h5 --method qat --steps 1000
-      gencompress quantize model.h5 --method auto
+      gencompress quantize model.h5 --method ptq          # post-training only
+      gencompress quantize model.h5 --time-budget 10m     # a longer QAT rescue when needed
       gencompress quantize model.keras --method qat --data latents.npy
     """
     if method == "ptq":

@@ -240,6 +240,12 @@ class TrainingConfig:
 # Steps and batch sizes are chosen from each model's measured cost (``None``), at most the
 # ``max_*`` below, the constants these defaults had when they were tuned on the 16x16 samples.
 QAT_TRAINING = TrainingConfig(max_steps=1000, max_batch_size=32, learning_rate=1e-5, patience=10)
+# ``quantize``'s automatic QAT rescue (``method="auto"``, the default) trains for about this long:
+# its steps are planned from the model's multiply-accumulates (not timed, so the same command
+# writes the same bytes), with a time budget of RESCUE_CEILING times it as a ceiling on slower
+# machines. A model that would get fewer than RESCUE_MIN_STEPS steps is not rescued (said in one
+# line): give ``--method qat --time-budget``.
+AUTO_QAT_SECONDS, RESCUE_CEILING, RESCUE_MIN_STEPS = 180.0, 2.0, 50
 PRUNE_TRAINING = TrainingConfig(max_steps=1000, max_batch_size=64, learning_rate=1e-3)
 DISTILL_TRAINING = TrainingConfig(max_steps=3000, max_batch_size=32, learning_rate=2e-3, eval_every=100, patience=5, target_seconds=360.0)
 
@@ -282,10 +288,11 @@ def _check_then(then, allowed) -> None:
 class QuantizeConfig(_QuantizeStep):
     """``quantize``: float32 references and each of ``modes`` per format; ``method="qat"`` also
     fine-tunes a quantization-aware copy (``qat``: its training settings); ``method="auto"``
-    does so only when no post-training int8 artifact meets the target at full speed."""
+    (the default) does so only when no post-training int8 artifact meets the target at full
+    speed, for about ``AUTO_QAT_SECONDS`` unless ``qat`` says otherwise; ``"ptq"``: never."""
 
     modes: tuple[str, ...] = ("int8",)
-    method: str = "ptq"
+    method: str = "auto"
     qat: TrainingConfig = QAT_TRAINING
 
     def __post_init__(self):

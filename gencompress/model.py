@@ -337,12 +337,13 @@ def _final_activation(tensor) -> str | None:
 
 
 def _embedding_ranges(keras_model) -> dict:
-    """For integer inputs that feed an Embedding: the number of valid ids (``input_dim``)."""
+    """For label inputs, the number of valid ids (``input_dim``) of the Embedding they feed.
+    A float input read by an Embedding is a label too: Keras 3's ``Input(shape=(1,))`` is
+    float32 by default, and a conditional GAN saved so (label → Embedding) got standard-normal
+    "labels" such as -1 from noise calibration, which the Embedding refused."""
     keras = import_keras()
     ranges = {}
     for name, tensor in zip(keras_model.input_names, keras_model.inputs):
-        if not tensor.dtype.is_integer:
-            continue
         for layer in iter_layers(keras_model):
             if isinstance(layer, keras.layers.Embedding) and _consumes(layer, tensor):
                 ranges[name] = int(layer.input_dim)

@@ -168,6 +168,7 @@ class ArtifactResult(_Model):
     fallback: Optional[SearchRecord] = None
     smallest_int8_search: Optional[SearchRecord] = None
     runtime: Optional[RuntimeGraph] = None  # quantized ONNX artifacts: what onnxruntime runs
+    compute: Optional[str] = None  # how a quantized artifact computes: int8, mixed, float or slow (read from its graph)
 
     @property
     def name(self) -> str:

@@ -98,3 +98,49 @@ def test_bad_sources(tmp_path):
     (tmp_path / "x.csv").write_text("1,2")
     with pytest.raises(CalibrationError, match="not a .npy/.npz"):
         build_sets([Z], str(tmp_path / "x.csv"), 10, 5, seed=0)
+
+
+def test_a_float_input_read_by_an_embedding_is_a_label(keras):
+    """Keras 3's Input(shape=(1,)) is float32: a conditional GAN saved so (label -> Embedding)
+    got standard-normal 'labels' (-1, 0.3) from noise calibration and the Embedding refused them
+    (a traceback, exit 1, on a published cGAN). Any input an Embedding reads gets valid ids."""
+    from gencompress.calibration import Calibration
+    from gencompress.model import from_keras
+
+    z = keras.Input((4,), name="z")
+    label = keras.Input((1,), name="label")  # float32
+    e = keras.layers.Flatten()(keras.layers.Embedding(7, 3)(label))
+    out = keras.layers.Dense(8, activation="tanh")(keras.layers.Concatenate()([z, e]))
+    model = from_keras(keras.Model([z, label], out))
+    assert model.label_ranges == {"label": 7}
+    calib, held = Calibration.noise().sets(model.inputs, model.label_ranges, 32, 16, seed=0)
+    for data in (calib, held):
+        ids = data.arrays["label"]
+        assert ids.dtype == np.float32 and set(np.unique(ids)) <= set(range(7)) and len(np.unique(ids)) > 3
+    assert held.tail == 2 and np.linalg.norm(held.arrays["z"][-1]) > 3.0  # the latent goes to the tail, the label does not
+    outputs = model.predict(held.arrays)
+    assert np.all(np.isfinite(outputs[0]))
+
+
+def test_image_inputs_get_image_like_noise():
+    """White noise is no image: image inputs get random fields with natural images' 1/f
+    amplitude spectrum, each spanning --input-range, channels mostly shared; latents stay
+    standard normal; the same seed gives the same images."""
+    from gencompress.calibration.sources import image_noise, is_image, noise_set
+
+    image, latent = TensorInfo("photo", (None, 64, 64, 3), "float32"), TensorInfo("z", (None, 64), "float32")
+    assert is_image(image) and not is_image(latent) and not is_image(TensorInfo("wave", (None, 16000, 1), "float32"))
+    data = noise_set([image, latent], 16, np.random.default_rng(3), None, (0.0, 1.0))
+    x = data.arrays["photo"]
+    assert x.dtype == np.float32 and x.shape == (16, 64, 64, 3)
+    assert np.allclose(x.reshape(16, -1).min(axis=1), 0.0) and np.allclose(x.reshape(16, -1).max(axis=1), 1.0)
+    assert abs(float(np.std(data.arrays["z"])) - 1.0) < 0.1
+    # amplitude falls as 1/f: the spectrum's log-log slope over mid frequencies is about -1
+    spectrum = np.abs(np.fft.fft2(x[..., 0] - x[..., 0].mean(axis=(1, 2), keepdims=True))).mean(axis=0)
+    f = np.sqrt(np.fft.fftfreq(64)[:, None] ** 2 + np.fft.fftfreq(64)[None, :] ** 2)
+    band = (f > 0.05) & (f < 0.4)
+    slope = np.polyfit(np.log(f[band]), np.log(spectrum[band]), 1)[0]
+    assert -1.3 < slope < -0.7, slope
+    # channels mostly share their field (colours are correlated)
+    assert np.corrcoef(x[..., 0].ravel(), x[..., 1].ravel())[0, 1] > 0.8
+    assert np.array_equal(image_noise((2, 64, 64, 3), np.random.default_rng(1)), image_noise((2, 64, 64, 3), np.random.default_rng(1)))

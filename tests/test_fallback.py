@@ -12,7 +12,8 @@ from gencompress.cli import cli
 from gencompress.compress.quantization import TFLiteMixed, onnx_weight_only, tflite_float_ops, tflite_weight_only
 from gencompress.model import load_model
 from gencompress.report.metrics import fidelity
-from gencompress.pipelines.build import build_artifact, float_onnx
+from gencompress.pipelines.build import build_artifact
+from gencompress.pipelines.forms import float_onnx
 
 from conftest import make_session
 
@@ -319,7 +320,7 @@ def test_every_search_variant_keeps_float_io(collapsing_h5, tmp_path):
     the model's inputs and outputs int8 (a user feeding floats to the shipped file got garbage)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from gencompress.pipelines.build import tflite_calibrated
+    from gencompress.pipelines.forms import tflite_calibrated
 
     session = make_session(load_model(collapsing_h5), 16, 4)
     mixed = tflite_calibrated(session)

@@ -30,6 +30,7 @@ def test_subpixel_form_is_the_same_function(keras, kernel, stride, padding):
     got = new(xs).numpy()
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() < 1e-5
+    assert new.output_names == ["t"]  # what the converters name the output: the user's name, not the crop's
 
 
 def test_batchnorm_after_is_folded_and_odd_layers_are_left(keras):
@@ -74,6 +75,7 @@ def test_activation_after_moves_before_the_shuffle_and_fuses(keras, activation):
     assert layers == ["ZeroPadding2D", "Conv2D", cls, "TFOpLambda", "Cropping2D", "Conv2D"]
     xs = np.random.default_rng(5).standard_normal((2, 4, 4, 8)).astype("float32")
     assert np.abs(new(xs).numpy() - model(xs).numpy()).max() < 1e-4
+    assert new.output_names == model.output_names == ["out"]
     if cls == "ReLU":
         session = make_session(from_keras(new), 16, 4)
         flat = read_flatbuffer(TFLiteMixed(from_keras(new), session.calibration).build())
@@ -125,7 +127,7 @@ def test_saturation_bounds_reach_logits_through_the_shuffle():
 def test_each_transposed_convolution_can_be_kept_float_alone(keras, tmp_path):
     """TFLite's quantizer keeps a TRANSPOSE_CONV float only with every other one (see
     test_tflite_ignores_node_denylist_for_transpose_conv); in sub-pixel form one CONV_2D can."""
-    from gencompress.pipelines.build import transformed
+    from gencompress.pipelines.forms import transformed
 
     model = load_model(_needs_the_last_input_float(keras, tmp_path))
     session = make_session(model, 16, 4)
@@ -166,20 +168,29 @@ def _needs_the_last_input_float(keras, tmp_path):
     return path
 
 
-def test_search_keeps_the_last_convolution_float_in_int8_speed_class(keras, tmp_path):
-    """Before: TFLite could only keep every TRANSPOSE_CONV float (slow reference kernels) and
-    fell back to weight-only int8 (float compute); now the pick is mixed sub-pixel int8."""
+def test_a_mixed_attempt_that_is_float_in_all_but_name_is_classed_float_and_never_larger_than_float(keras, tmp_path):
+    """The smallest model of issue 19's second class. Keeping the last convolution and the chain
+    writing its input float is not enough here (25.9 dB); the attempt that passes keeps both
+    convolutions float: 98 % of the multiply-accumulates, and 28.5 KB against the float file's
+    18 KB. It used to ship as "mixed"; now it is classed float, and a larger-than-float
+    attempt is never picked: weight-only int8 (float compute, smaller) is."""
     import gencompress as gc
 
     model = gc.load_model(_needs_the_last_input_float(keras, tmp_path))
-    result = gc.quantize(model, gc.QuantizeConfig(eval_samples=16, latency_runs=5), gc.Calibration.noise(64))
+    result = gc.quantize(model, gc.QuantizeConfig(eval_samples=16, latency_runs=5, method="ptq"), gc.Calibration.noise(64))
+    floats = {a.format: a for a in result.report.artifacts if a.precision == "float32"}
     for artifact in result.report.artifacts:
         if artifact.precision == "float32":
             continue
         fb = artifact.fallback
         plain = fb.attempts[0]
         assert plain.label == "int8" and plain.psnr_db < 28.0  # the problem is real
-        assert artifact.passed and artifact.fidelity.psnr_db >= 30.0
-        assert artifact.precision == "mixed" and fb.compute == "mixed", fb.chosen
-        assert fb.chosen.startswith("int8, sub-pixel transposed convolutions"), fb.chosen
-        assert "image" in fb.chosen and "act1" in fb.chosen
+        mixed = [t for t in fb.attempts if t.precision == "mixed"]
+        assert any("image" in t.label and "act1" in t.label for t in mixed)  # the chain is found
+        for t in mixed:
+            assert (t.compute == "float") == (t.float_macs_share >= 0.5), t
+        heavy = [t for t in mixed if t.passed]
+        assert heavy and all(t.compute == "float" and t.float_macs_share > 0.9 for t in heavy)
+        assert artifact.passed and artifact.size_bytes <= floats[artifact.format].size_bytes
+        assert fb.compute == "float" and artifact.compute == "float"
+        assert artifact.precision in ("int8-weights", "float16"), fb.chosen

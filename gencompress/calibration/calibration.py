@@ -104,9 +104,10 @@ class Calibration:
             # both end with tail latents: held out, they are where int8 breaks first; calibrated
             # on, the int8 ranges cover them (min/max over ordinary draws clipped a 99.9th
             # percentile latent's input to the first layer: 17 dB on that sample)
-            calib = noise_set(inputs, calibration_samples, np.random.default_rng([seed, 0]), label_ranges)
-            held = noise_set(inputs, eval_samples, np.random.default_rng([seed, 1]), label_ranges)
-            return with_tail_latents(calib, inputs), with_tail_latents(held, inputs)
+            calib = noise_set(inputs, calibration_samples, np.random.default_rng([seed, 0]), label_ranges, self.input_range)
+            held = noise_set(inputs, eval_samples, np.random.default_rng([seed, 1]), label_ranges, self.input_range)
+            labels = set(label_ranges or {})
+            return with_tail_latents(calib, inputs, labels), with_tail_latents(held, inputs, labels)
         if self.kind == "arrays":
             data = checked_arrays(inputs, self.arrays, "arrays")
         elif self.kind == "file":

@@ -74,7 +74,17 @@ def subpixel_model(keras_model):
     folded, bn_rows = fold_batchnorm(flat_copy(keras_model))
     into = {r["into"]: r["batchnorm"] for r in bn_rows if r["folded"]}
     new, rows = _Rebuild(folded, into).model()
+    keep_output_names(new, keras_model)
     return (new if any(r["rewritten"] for r in rows) else None), rows
+
+
+def keep_output_names(new, original) -> None:
+    """Name ``new``'s outputs as ``original``'s: both converters name a model's outputs (the
+    TFLite signature's keys, the ONNX graph outputs) after ``output_names``, and a rewrite that
+    ends in another layer (a crop, a folded BatchNorm's predecessor) must not rename what a
+    user's code reads."""
+    if len(new.output_names) == len(original.output_names):
+        new.output_names = list(original.output_names)
 
 
 def _graph(model) -> tuple[list, list, list]:

@@ -26,6 +26,7 @@ from gencompress.compress.qat import (
 from gencompress.compat.tfmot import input_ranges_frozen
 from gencompress.config import TrainingConfig
 from gencompress.errors import ConversionError, UnsupportedModelError
+from gencompress.pipelines.candidates import graph_compute
 from gencompress.pipelines.session import Session, add_artifact, record_failure
 from gencompress.results import QatExport, QatSection
 
@@ -109,6 +110,7 @@ def add_qat_artifacts(
             session.progress.log(f"  {fmt} QAT int8: failed ({exc})")
             continue
         art = add_artifact(session, fmt, "int8", data, tag=tag)
+        art.compute = graph_compute(session, fmt, data)
         export = _agreement(session, art, data, fmt, qat, qat_outputs)
         section.exports = section.exports + [export]
         art.notes = art.notes + export.notes

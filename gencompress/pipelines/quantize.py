@@ -5,7 +5,8 @@ from __future__ import annotations
 from gencompress.calibration import Calibration
 from gencompress.config import AnalyzeConfig, ExportConfig, QuantizeConfig
 from gencompress.errors import GencompressError, UnsupportedModelError
-from gencompress.pipelines.build import build_artifacts, float_onnx, int8_source, quantize_onnx_calibrated, tflite_calibrated
+from gencompress.pipelines.build import build_artifacts
+from gencompress.pipelines.forms import float_onnx, int8_source, quantize_onnx_calibrated, tflite_calibrated
 from gencompress.pipelines.gates import judge
 from gencompress.pipelines.result import Result
 from gencompress.pipelines.session import Session, make_report, prepare
@@ -16,80 +17,42 @@ from gencompress.results import Sensitivity
 def quantize(model, config: QuantizeConfig | None = None, calibration: Calibration | None = None, progress: Progress | None = None,
              strategy=None) -> Result:
     """Float32 references and each of ``config.modes`` per format; int8 through the fidelity
-    search aiming at ``config.min_psnr``. ``config.method == "qat"`` also fine-tunes a
-    quantization-aware copy against the float model (``<stem>-qat.int8.*``), graded instead of
-    the post-training artifacts, which are then the reference (fine-tuned under ``strategy``, a
-    ``tf.distribute`` strategy, when given)."""
+    search aiming at ``config.min_psnr``. ``config.method == "auto"`` (the default) then trains a
+    quantization-aware copy of the model's fast form when no post-training int8 artifact meets
+    the target at int8 speed (``pipelines.rescue``); ``"qat"`` always does. QAT artifacts are
+    ``<stem>-qat.int8.*``, fine-tuned against the float model (under ``strategy``, a
+    ``tf.distribute`` strategy, when given); the artifacts not shipped are kept as the reference."""
+    from gencompress.pipelines import rescue
+
     config = config or QuantizeConfig()
     if config.method == "qat":
         _check_qat(model)
     session = prepare(model, config, calibration, progress)
     try:
         build_artifacts(session, config.modes)
-        auto = _auto_reason(session, model) if config.method == "auto" else None
-        if config.method == "qat" or auto:
+        auto = rescue.auto_reason(session, lambda: _check_qat(model)) if config.method == "auto" else None
+        fast = rescue.fast_form(session) if config.method == "qat" or auto else None
+        training = config.qat if config.method == "qat" or fast is None else rescue.rescue_training(session, config.qat, fast)
+        section = None
+        if training is not None and fast is not None:
             from gencompress.pipelines.qat import add_qat_artifacts, compare_ptq_qat
 
-            section = add_qat_artifacts(session, config.qat, strategy=strategy)
+            section = add_qat_artifacts(session, training, fast.keras_model, strategy=strategy)
             section = section.model_copy(update={"comparison": compare_ptq_qat(session.artifacts, "qat")})
-            shipped = _shipped(session.artifacts, config.min_psnr, auto)
+        shipped = rescue.shipped_selector(session.artifacts, config.min_psnr, auto) if section is not None else rescue.int8_slot
+        if config.min_psnr > 0:
+            session.notes += rescue.speed_notes(session.artifacts, config.min_psnr, shipped)
+        if section is not None:
             # float32 and the shipped artifacts graded; the others are the reference
             judge(session, config.min_psnr, lambda a: (a.precision == "float32" and not a.variant) or shipped(a))
-            report = make_report(session, "quantize")
-            report.qat = section
         else:
             judge(session, config.min_psnr)
-            report = make_report(session, "quantize")
+        report = make_report(session, "quantize")
+        report.qat = section
     except BaseException:
         session.cache.close()
         raise
     return Result(report, session.files, session.cache, previews=session.previews)
-
-
-FAST_COMPUTE = ("int8", "mixed")
-
-
-def _int8_slot(a) -> bool:
-    """A post-training artifact of the int8 mode (whatever precision its search settled on)."""
-    return not a.variant and a.precision != "float32" and (a.fallback is not None or a.precision in ("int8", "mixed"))
-
-
-def _fast_pass(a, target: float) -> bool:
-    psnr = a.fidelity.psnr_db
-    compute = a.fallback.compute if a.fallback else "int8"
-    return a.precision in ("int8", "mixed") and psnr is not None and psnr >= target and compute in FAST_COMPUTE
-
-
-def _auto_reason(session: Session, model) -> str | None:
-    """``--method auto``: why QAT runs (no post-training int8 artifact of some format meets the
-    target at full speed), or ``None`` when it does not need to or cannot (logged)."""
-    target = session.config.min_psnr
-    ptq = [a for a in session.artifacts if _int8_slot(a)]
-    missing = sorted({a.format for a in ptq} - {a.format for a in ptq if _fast_pass(a, target)})
-    if not missing:
-        session.progress.log("auto: post-training int8 meets the target at full speed: no QAT")
-        return None
-    try:
-        _check_qat(model)
-    except GencompressError as exc:
-        session.progress.log(f"auto: no QAT ({exc})")
-        return None
-    reason = f"no post-training {', '.join(missing)} artifact meets {target:g} dB in int8 or mixed compute"
-    session.progress.log(f"auto: quantization-aware training: {reason}")
-    return reason
-
-
-def _shipped(artifacts, target: float, auto: str | None):
-    """Which quantized artifacts are the deliverable: with ``--method qat`` the QAT ones; with
-    ``auto``, per format, QAT when it meets the target at full speed, else post-training."""
-    if not auto:
-        return lambda a: a.variant == "qat"
-    qat_wins = {a.format for a in artifacts if a.variant == "qat" and _fast_pass(a, target)}
-    shipped = lambda a: (_int8_slot(a) or a.variant == "qat") and (a.format in qat_wins) == (a.variant == "qat")  # noqa: E731
-    for a in artifacts:
-        if _int8_slot(a) or a.variant == "qat":
-            a.notes = a.notes + [f"--method auto: {'shipped' if shipped(a) else 'reference'} ({auto})"]
-    return shipped
 
 
 def _check_qat(model) -> None:

@@ -236,7 +236,8 @@ def worst_sample_notes(session: Session, fidelity) -> list[str]:
         return []
     held = session.evaluation
     norms = ", ".join(
-        f"{t.name} norm {float(np.linalg.norm(held.arrays[t.name][i])):.1f}" for t in session.model.inputs if not t.is_integer
+        f"{t.name} norm {float(np.linalg.norm(held.arrays[t.name][i])):.1f}" for t in session.model.inputs
+        if not t.is_integer and t.name not in session.model.label_ranges
     )
     kind = "a tail latent drawn 1 in 50 to 1 in 1,000" if held.is_tail(i) else "an ordinary draw"
     return [

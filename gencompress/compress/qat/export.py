@@ -118,7 +118,58 @@ def export_qat_onnx(qat_model, inputs) -> bytes:
         raise ConversionError(f"ONNX export of the QAT model (tf2onnx) failed: {str(exc).splitlines()[0][:400]}") from exc
     proto = canonical_names(proto)
     store_qat_weights_int8(proto)
+    propagate_qdq(proto)
     return proto.SerializeToString()
+
+
+# Ops that only move values: their output is quantized on their input's grid.
+_PASS_THROUGH = {"DepthToSpace", "SpaceToDepth", "Pad", "Slice", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
+
+
+def propagate_qdq(proto) -> int:
+    """After each data-movement node fed by an activation's DequantizeLinear, a QuantizeLinear →
+    DequantizeLinear pair on the same scale and zero point, for consumers that have none.
+
+    tfmot fake-quantizes layer outputs, not layer inputs; a layer it has no rule for (the
+    sub-pixel form's ``tf.nn.depth_to_space``) and the pad and crop after it leave no fake-quant,
+    so the next ``Conv`` reads a float tensor and onnxruntime runs it in float (the TFLite
+    converter carries the scale through such ops itself). Values on the input's grid stay on it
+    (a pad adds zeros, which the grid holds exactly), so the pair changes nothing but the
+    kernel onnxruntime picks. Modifies ``proto`` in place; returns the pairs added."""
+    from onnx import helper
+
+    graph = proto.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    quantized = {n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in producer
+                 and producer[n.input[0]].op_type == "QuantizeLinear"}
+    added, nodes = 0, []
+    consumers: dict = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in graph.output}
+    for n in graph.node:
+        nodes.append(n)
+        dq = quantized.get(n.input[0]) if n.op_type in _PASS_THROUGH and n.input else None
+        if dq is None or not n.output:
+            continue
+        out = n.output[0]
+        users = [c for c in consumers.get(out, []) if c.op_type != "QuantizeLinear"]
+        if not users or out in outputs:
+            quantized[out] = dq  # carried on: a chain of data movement keeps the grid
+            continue
+        scale, zero = dq.input[1], dq.input[2] if len(dq.input) > 2 else ""
+        q_out, dq_out = f"{out}/requantized", f"{out}/dequantized"
+        nodes.append(helper.make_node("QuantizeLinear", [out, scale] + ([zero] if zero else []), [q_out], name=f"{n.name}/QuantizeLinear"))
+        requant = helper.make_node("DequantizeLinear", [q_out, scale] + ([zero] if zero else []), [dq_out], name=f"{n.name}/DequantizeLinear")
+        nodes.append(requant)
+        for c in users:
+            c.input[:] = [dq_out if i == out else i for i in c.input]
+        quantized[dq_out] = requant
+        added += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return added
 
 
 # Weight input and its output-channel axis, per ONNX op (MatMul: B is (in, out)).

@@ -39,7 +39,7 @@ from pathlib import Path
 from gencompress.calibration import Calibration
 from gencompress.config import AnalyzeConfig, DistillConfig, ExportConfig, Gates, PruneConfig, QuantizeConfig
 from gencompress.errors import GencompressError, InputError, OptionError, UnsupportedModelError
-from gencompress.limits import read_document, refuse_special
+from gencompress.limits import check_path_names, read_document, refuse_special
 from gencompress.printable import printable
 
 RECIPE_VERSION = 1
@@ -441,6 +441,7 @@ def run(recipe: Recipe, output: str | os.PathLike | None = None, progress=None, 
     if output is not None:  # what ran is what the report records
         recipe = dataclasses.replace(recipe, output=str(Path(output).resolve()))
     out = Path(output) if output is not None else Path(recipe.output)
+    check_path_names(out, "output folder")  # before any work, as the commands do
     document = recipe.document()
     with progress.phase(f"loading {Path(recipe.model).name}"):
         model = api.load_model(recipe.model, trust_code=recipe.trust_code, custom_objects=recipe.custom_objects)

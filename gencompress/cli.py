@@ -78,6 +78,8 @@ class _Group(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx):
+        from gencompress.printable import printable
+
         def written():
             return _what_was_written(ctx.meta.get(_OUTPUT))
 
@@ -93,7 +95,7 @@ class _Group(click.Group):
             stop()
             signum = exc.signum if isinstance(exc, Interrupted) else 2
             what = exc.what if isinstance(exc, Interrupted) else "Ctrl-C"
-            click.echo(f"gencompress: stopped by {what}{written()}", err=True)
+            click.echo(f"gencompress: stopped by {what}{printable(written())}", err=True)
             ctx.exit(128 + signum)
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:  # a name the user gave, or one made from it

@@ -180,19 +180,21 @@ def _check_batch_fits(model, batch: int) -> None:
     """Refuse a model whose batch of inputs, largest layer output and outputs would not fit in
     memory, before TensorFlow allocates them (it aborts the process when an allocation fails)."""
     from gencompress.memory import check_fits, shape_text
-    from gencompress.model import iter_layers
 
     def size(shape) -> int:
         return int(np.prod([d for d in shape[1:] if d is not None], dtype=object)) * 4
 
     inputs = sum(size(t.shape) for t in model.inputs)
-    largest = max([size(t.shape) for t in model.outputs] + [size(s) for s in _layer_shapes(model, iter_layers)])
+    largest = max([size(t.shape) for t in model.outputs] + [size(s) for s in _layer_shapes(model)])
     biggest = max(model.inputs, key=lambda t: size(t.shape))
     check_fits(batch * (2 * inputs + 2 * largest), f"running a batch of {batch} through the model (input '{biggest.name}' {shape_text(biggest.shape[1:])})",
                "this model's tensors are too large for this machine")
 
 
-def _layer_shapes(model, iter_layers) -> list:
+def _layer_shapes(model) -> list:
+    """Every layer's output shape (a plain SavedModel has none to read)."""
+    from gencompress.model import iter_layers
+
     if model.keras_model is None:
         return []
     shapes = []

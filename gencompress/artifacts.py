@@ -14,6 +14,7 @@ import os
 import shutil
 import stat
 import tempfile
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -185,21 +186,27 @@ class ScratchFolder:
         parent = Path(parent or tempfile.gettempdir())
         remove_dead_scratch(parent)
         self.path = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent))
-        self._lock = None
+        lock = None
         try:
-            self._lock = os.open(self.path / _SCRATCH_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
-            fcntl.flock(self._lock, fcntl.LOCK_EX)
+            lock = os.open(self.path / _SCRATCH_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+            fcntl.flock(lock, fcntl.LOCK_EX)
         except BaseException:
-            self.close()
+            _remove_scratch(self.path, lock)
             raise
+        # Removed when closed, or like a TemporaryDirectory when collected or at exit (a library
+        # caller that never closes its Result).
+        self._finalizer = weakref.finalize(self, _remove_scratch, self.path, lock)
 
     def close(self) -> None:
         """Remove the folder with whatever is in it (stop signals held back meanwhile)."""
         with deferred():
-            shutil.rmtree(self.path, ignore_errors=True)
-            if self._lock is not None:
-                os.close(self._lock)
-                self._lock = None
+            self._finalizer()
+
+
+def _remove_scratch(path: Path, lock: int | None) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    if lock is not None:
+        os.close(lock)
 
 
 def remove_dead_scratch(parent: str | os.PathLike) -> list[Path]:

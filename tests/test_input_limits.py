@@ -2,6 +2,7 @@
 read within limits; names reach the terminal escaped; a run killed or short of memory leaves
 nothing behind. Each case is built here from the smallest input that shows it."""
 
+import gc
 import json
 import os
 import resource
@@ -346,6 +347,11 @@ def test_a_killed_runs_scratch_folder_is_removed_by_the_next_run(dcgan_h5, tmp_p
     finally:
         live.close()
     assert not live.path.exists()
+    forgotten = ScratchFolder(tmpdir)  # a library caller that never closes its Result
+    path = forgotten.path
+    del forgotten
+    gc.collect()
+    assert not path.exists()
 
 
 # ----------------------------------------------------------------------------- names reach the terminal escaped

@@ -9,14 +9,18 @@ would give (``mkstemp`` creates 0600 files, and a rename keeps the mode).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import stat
 import tempfile
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
 from gencompress.errors import OutputError, disk_full
 from gencompress.interrupts import deferred
+from gencompress.limits import check_name
 
 # Followed by the writing process's id: a later run removes the folders of processes that died.
 STAGING_PREFIX = ".gencompress-staging-"
@@ -39,6 +43,7 @@ def atomic_path(target: str | os.PathLike, suffix: str = ".tmp"):
     ``model.save``: ``.h5`` or ``.keras``) need the target's own.
     """
     target = Path(target)
+    check_name(target.name, target.parent, reserve=len(suffix) + 10)  # ".<name>.XXXXXXXX<suffix>"
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
@@ -104,8 +109,9 @@ def check_output_dir(out: str | os.PathLike) -> list[Path]:
     that cannot take the result is found before any work. Returns the folders it created,
     innermost first (``remove_created`` takes them away again if the run writes nothing)."""
     out = Path(out)
-    created = [p for p in [out, *out.parents] if not p.exists() and not p.is_symlink()]
+    created = []
     try:
+        created = [p for p in [out, *out.parents] if not p.exists() and not p.is_symlink()]
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f"{PROBE_PREFIX}{os.getpid()}-", dir=out)
         try:
@@ -161,16 +167,96 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# A run's scratch folder in the temporary directory: "gencompress-<pid>-<random>", holding a lock
+# file that its process keeps locked (``flock``) until it removes the folder.
+SCRATCH_PREFIX = "gencompress-"
+_SCRATCH_LOCK = ".lock"
+
+
+class ScratchFolder:
+    """A fresh folder for a run's scratch files, in ``parent`` (default: the temporary directory).
+
+    Making one first removes the scratch folders of runs that died without cleaning up (SIGKILL,
+    the out-of-memory killer, a TensorFlow abort, a power cut), as ``save_files`` does for staging
+    folders: a folder is dead when its lock file can be locked (the kernel releases a dead
+    process's locks, whatever pid namespace it ran in), or, without a lock file yet, when its
+    process is gone."""
+
+    def __init__(self, parent: str | os.PathLike | None = None):
+        parent = Path(parent or tempfile.gettempdir())
+        remove_dead_scratch(parent)
+        self.path = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent))
+        lock = None
+        try:
+            lock = os.open(self.path / _SCRATCH_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except BaseException:
+            _remove_scratch(self.path, lock)
+            raise
+        # Removed when closed, or like a TemporaryDirectory when collected or at exit (a library
+        # caller that never closes its Result).
+        self._finalizer = weakref.finalize(self, _remove_scratch, self.path, lock)
+
+    def close(self) -> None:
+        """Remove the folder with whatever is in it (stop signals held back meanwhile)."""
+        with deferred():
+            self._finalizer()
+
+
+def _remove_scratch(path: Path, lock: int | None) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    if lock is not None:
+        os.close(lock)
+
+
+def remove_dead_scratch(parent: str | os.PathLike) -> list[Path]:
+    """Remove the scratch folders in ``parent`` whose run is gone; returns those removed."""
+    removed = []
+    try:
+        candidates = list(Path(parent).glob(f"{SCRATCH_PREFIX}*"))
+    except OSError:
+        return removed
+    for folder in candidates:
+        pid = folder.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        try:
+            info = folder.lstat()
+        except OSError:
+            continue
+        if not (pid.isdigit() and stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid()) or int(pid) == os.getpid():
+            continue
+        if _scratch_dead(folder, int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _scratch_dead(folder: Path, pid: int) -> bool:
+    try:
+        fd = os.open(folder / _SCRATCH_LOCK, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return not _alive(pid)  # made by a run that had not locked it yet, or by an older gencompress
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # locked: its run is alive
+    finally:
+        os.close(fd)
+    return True
+
+
 @contextmanager
-def private_tempdir(prefix: str = "gencompress-"):
-    """Point ``tempfile`` (and ``TMPDIR``, for native code and subprocesses) at a fresh folder while
-    the block runs, and remove it after, with whatever the libraries left in it: a converter
-    interrupted between creating its temporary folder and the ``try`` that removes it."""
-    root = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
+def private_tempdir():
+    """Point ``tempfile`` (and ``TMPDIR``, for native code and subprocesses) at a fresh scratch
+    folder while the block runs, and remove it after, with whatever the libraries left in it: a
+    converter interrupted between creating its temporary folder and the ``try`` that removes it."""
+    scratch = ScratchFolder()
+    root = str(scratch.path)
     saved_dir, saved_env = tempfile.tempdir, os.environ.get("TMPDIR")
     tempfile.tempdir = os.environ["TMPDIR"] = root
     try:
-        yield Path(root)
+        yield scratch.path
     finally:
         with deferred():
             tempfile.tempdir = saved_dir
@@ -178,7 +264,7 @@ def private_tempdir(prefix: str = "gencompress-"):
                 os.environ.pop("TMPDIR", None)
             else:
                 os.environ["TMPDIR"] = saved_env
-            shutil.rmtree(root, ignore_errors=True)
+            scratch.close()
 
 
 def save_keras(keras_model, path: str | os.PathLike) -> Path:

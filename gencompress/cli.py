@@ -7,6 +7,7 @@ is imported at module level: ``gencompress --help`` must not import TensorFlow.
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
@@ -28,18 +29,26 @@ from gencompress.cli_options import (
 from gencompress.config import default_of
 from gencompress.errors import (
     EXIT_BAD_INPUT,
+    EXIT_OUTPUT,
     ConversionError,
     FidelityError,
     GencompressError,
     OptionError,
     OutputError,
+    ResourceError,
     disk_full,
+    out_of_memory,
 )
 from gencompress.interrupts import Interrupted, handling_signals, pending, stop
 
 
 def _error(message: str) -> None:
-    click.echo("gencompress: error: " + "; ".join(line.strip() for line in str(message).splitlines() if line.strip()), err=True)
+    """One line on stderr: a message of several lines joined, control characters escaped (a
+    name with a newline or an escape sequence cannot forge a line or recolour the terminal)."""
+    from gencompress.printable import printable
+
+    one = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    click.echo("gencompress: error: " + printable(one), err=True)
 
 
 class _Group(click.Group):
@@ -69,37 +78,59 @@ class _Group(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx):
+        from gencompress.printable import printable
+
+        def written():
+            return _what_was_written(ctx.meta.get(_OUTPUT))
+
         try:
             return self._invoke_cleanly(ctx)
         except GencompressError as exc:
+            if out_of_memory(exc) and not isinstance(exc, ResourceError):  # a converter out of memory: the machine's fault
+                _error(f"out of memory: {exc}. {_MEMORY_ADVICE}{written()}")
+                ctx.exit(EXIT_OUTPUT)
             _error(str(exc))
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:  # Interrupted: SIGINT, SIGTERM, SIGHUP
             stop()
             signum = exc.signum if isinstance(exc, Interrupted) else 2
             what = exc.what if isinstance(exc, Interrupted) else "Ctrl-C"
-            click.echo(f"gencompress: stopped by {what}{_what_was_written(ctx.meta.get(_OUTPUT))}", err=True)
+            click.echo(f"gencompress: stopped by {what}{printable(written())}", err=True)
             ctx.exit(128 + signum)
         except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:  # a name the user gave, or one made from it
+                _error(f"a file name is too long for the file system: {exc.filename or exc}{written()}")
+                ctx.exit(EXIT_BAD_INPUT)
             if not (disk_full(exc) or isinstance(exc, PermissionError)):
                 raise  # a bug: keep the traceback
             where = f": {exc.filename}" if exc.filename else ""
             _error(f"{'no space left on device' if disk_full(exc) else exc.strerror}{where}")
             ctx.exit(OutputError.exit_code)
+        except Exception as exc:  # MemoryError (numpy's too), TensorFlow's ResourceExhaustedError
+            if not out_of_memory(exc):
+                raise  # a bug: keep the traceback
+            _error(f"out of memory. {_MEMORY_ADVICE}{written()}")
+            ctx.exit(EXIT_OUTPUT)
 
     def _invoke_cleanly(self, ctx):
         """The command with its own temporary folder; a run that wrote nothing leaves no folder."""
         from gencompress.artifacts import private_tempdir, remove_created
+        from gencompress.memory import check_address_space
         from gencompress.progress import Progress
 
         try:
             # CI logs: no bars when either stream is not a terminal (`--json > summary.json`)
+            check_address_space()  # before TensorFlow: under it, TensorFlow hangs or aborts
             with private_tempdir(), Progress(bars=None if sys.stdout.isatty() else False).activate():
                 return super().invoke(ctx)
         finally:
             output = ctx.meta.get(_OUTPUT)
             if output and not output["saved"]:
                 remove_created(output["created"])
+
+
+_MEMORY_ADVICE = ("the machine, or a limit on the process (ulimit -v, a container's memory limit), cannot hold this run: "
+                  "free memory, raise the limit, or give fewer --calibration-samples and --eval-samples")
 
 
 def _what_was_written(output: dict | None) -> str:
@@ -353,11 +384,14 @@ def _output(model_path, output_dir) -> dict:
     """The command's output folder, created and probed (``artifacts.check_output_dir``) once,
     before any heavy work: the first call checks, later ones return what it found."""
     from gencompress.artifacts import check_output_dir
+    from gencompress.limits import check_path_names, check_stem
     from gencompress.model import model_stem
 
     meta = click.get_current_context().meta
     if _OUTPUT not in meta:
+        check_stem(model_stem(model_path), Path(model_path).parent)  # the artifacts' names, before any work
         out = Path(output_dir) if output_dir else DEFAULT_OUTPUT / model_stem(model_path)
+        check_path_names(out, "output folder")
         meta[_OUTPUT] = {"out": out, "created": check_output_dir(out), "saved": False}
     return meta[_OUTPUT]
 
@@ -367,6 +401,7 @@ _OUTPUT = "gencompress.output"
 
 def _show(result, out: Path) -> None:
     """The artifact table, the summary lines and any failed gates (stdout; stderr with --json)."""
+    from gencompress.printable import printable
     from gencompress.report.render import (
         gate_failures_table,
         sensitivity_table,
@@ -385,7 +420,7 @@ def _show(result, out: Path) -> None:
         gates = gate_failures_table(report)
         if gates:
             click.echo("\n" + gates)
-    click.echo(f"\nreport: {out / 'report.json'}, {out / 'report.md'}, {out / 'report.html'}")
+    click.echo("\nreport: " + printable(f"{out / 'report.json'}, {out / 'report.md'}, {out / 'report.html'}"))
 
 
 def _finish(runs) -> None:
@@ -426,8 +461,9 @@ def _verdict(result, out: Path) -> GencompressError | None:
 @cli.command("run")
 @click.argument("recipe", type=click.Path())
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), help="Where the artifacts and reports go, instead of the recipe's output.")
+@click.option("--trust-code", is_flag=True, help="Allow the Lambda layers and custom objects the recipe asks for (trust_code, custom_objects): loading then runs code from its files. A recipe or report never allows that by itself.")
 @record_options
-def run_command(recipe, output_dir):
+def run_command(recipe, output_dir, trust_code):
     """Run RECIPE (a .toml recipe, or a report.json to replay): its steps in order, then its gates.
 
     The recipe is checked whole before any work (a wrong key, type or missing file: one line,
@@ -439,17 +475,21 @@ def run_command(recipe, output_dir):
       gencompress run examples/quantize-dcgan.toml
       gencompress run compress.toml -o other/ --json
       gencompress run gencompress-out/dcgan_digits/report.json --save-recipe replay.toml
+      gencompress run lambda-model.toml --trust-code
     """
     from gencompress import recipe as recipes
+    from gencompress.printable import printable
 
     loaded = recipes.load(recipe)
     save_recipe = click.get_current_context().meta.get("gencompress.save_recipe")
     if save_recipe:
         recipes.write(loaded, save_recipe)
-    runs = recipes.run(loaded, output_dir)
+    if trust_code and recipes.trust_line(loaded):
+        click.echo(printable(recipes.trust_line(loaded)), err=True)
+    runs = recipes.run(loaded, output_dir, trust_code=trust_code)
     for r in runs:
         if len(runs) > 1:
-            click.echo(f"\n== step {r.index}: {r.command} ({r.folder})")
+            click.echo("\n" + printable(f"== step {r.index}: {r.command} ({r.folder})"))
         _show(r.result, r.folder)
     _finish(runs)
 

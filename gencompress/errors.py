@@ -64,6 +64,12 @@ class OutputError(GencompressError):
     exit_code = EXIT_OUTPUT
 
 
+class ResourceError(GencompressError):
+    """The machine cannot hold the run: not enough memory or address space (exit 5, like a full disk)."""
+
+    exit_code = EXIT_OUTPUT
+
+
 def disk_full(exc: BaseException | None) -> bool:
     """Whether ``exc`` (or an error it was raised from) is a full disk or quota. Converters turn
     the ``OSError`` into their own error kinds, keeping at most its text."""
@@ -73,6 +79,19 @@ def disk_full(exc: BaseException | None) -> bool:
         if isinstance(exc, OSError) and exc.errno in DISK_FULL:
             return True
         if any(text in str(exc) for text in _DISK_FULL_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def out_of_memory(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is a failed allocation: Python's
+    ``MemoryError`` (numpy's too) or TensorFlow's ``ResourceExhaustedError`` ("OOM when
+    allocating tensor"), named here so that this module does not import TensorFlow."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError":
             return True
         exc = exc.__cause__ or exc.__context__
     return False

@@ -22,9 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from gencompress.errors import GencompressError, ModelLoadError, UnsupportedModelError
+from gencompress.limits import ARCHIVE_ERRORS, check_stem, read_document, read_zip_member, refuse_special, refuse_special_inside
 from gencompress.loading.config_check import MODEL_CLASSES, check_config, tf_keras_layer
 from gencompress.loading.h5 import check_archive_weights_used, load_h5
 from gencompress.loading.h5 import first_line as _first_line
+from gencompress.loading.names import traceable
+from gencompress.printable import printable
 from gencompress.tfenv import import_keras, import_tf
 
 _BOUNDED_ACTIVATIONS = {"tanh": (-1.0, 1.0), "sigmoid": (0.0, 1.0)}
@@ -146,10 +149,16 @@ def load_model(
     """
     path = str(path)
     p = Path(path)
-    if not p.exists():
-        raise ModelLoadError(f"model not found: {path}")
+    try:
+        if not p.exists():
+            raise ModelLoadError(f"model not found: {printable(path)}")
+    except OSError as exc:  # a name over the file system's limit
+        raise ModelLoadError(f"cannot read model {printable(path)}: {exc.strerror}") from None
+    refuse_special(p, "model", ModelLoadError)  # a FIFO would block the loader forever
+    check_stem(model_stem(path), p.parent)
     custom_objects = _import_custom_objects(custom_objects_file, trust_code)
     if p.is_dir():
+        refuse_special_inside(p, "SavedModel", ModelLoadError)
         return _load_saved_model_dir(p, trust_code, custom_objects)
     suffix = p.suffix.lower()
     if suffix in (".h5", ".hdf5"):
@@ -177,6 +186,7 @@ def _import_custom_objects(custom_objects_file, trust_code) -> dict:
         raise UnsupportedModelError(
             "--custom-objects runs Python code: pass --trust-code as well to allow it"
         )
+    refuse_special(custom_objects_file, "custom objects file", ModelLoadError)
     spec = importlib.util.spec_from_file_location("gencompress_custom_objects", custom_objects_file)
     if spec is None or not Path(custom_objects_file).is_file():
         raise ModelLoadError(f"custom objects file not found: {custom_objects_file}")
@@ -195,8 +205,10 @@ def _import_custom_objects(custom_objects_file, trust_code) -> dict:
 def _keras_zip_config(p: Path) -> dict:
     try:
         with zipfile.ZipFile(p) as z:
-            return json.loads(z.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+            return json.loads(read_zip_member(z, "config.json", f"cannot read {p}", ModelLoadError))
+    except GencompressError:
+        raise
+    except (*ARCHIVE_ERRORS, KeyError, ValueError, RecursionError) as exc:
         raise ModelLoadError(f"cannot read {p} as a .keras archive: {_first_line(exc)}") from None
 
 
@@ -213,7 +225,7 @@ def _keras_load(p: Path, custom_objects: dict, trust_code: bool):
         kwargs["safe_mode"] = not trust_code
     try:
         return keras.models.load_model(str(p), **kwargs)
-    except GencompressError:
+    except (GencompressError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - Keras raises many kinds for a file it cannot load
         raise ModelLoadError(f"cannot load {p}: {_first_line(exc)}") from None
@@ -228,6 +240,8 @@ def _load_saved_model_dir(p: Path, trust_code: bool, custom_objects: dict) -> Lo
     tf = import_tf()
     try:
         loaded = tf.saved_model.load(str(p))
+    except MemoryError:
+        raise
     except Exception as exc:  # TF raises many kinds for a corrupt SavedModel
         raise ModelLoadError(f"cannot load SavedModel {p}: {_first_line(exc)}") from None
     signature = loaded.signatures.get("serving_default")
@@ -258,7 +272,9 @@ def _check_saved_keras_metadata(meta_path: Path, trust_code: bool, custom_object
 
     meta = saved_metadata_pb2.SavedMetadata()
     try:
-        meta.ParseFromString(meta_path.read_bytes())
+        meta.ParseFromString(read_document(meta_path, "Keras metadata", ModelLoadError))
+    except GencompressError:
+        raise
     except Exception as exc:  # protobuf's DecodeError
         raise ModelLoadError(f"cannot read {meta_path}: {_first_line(exc)}") from None
     layers = []
@@ -272,6 +288,7 @@ def _check_saved_keras_metadata(meta_path: Path, trust_code: bool, custom_object
 
 
 def _from_keras(path: str, fmt: str, keras_model) -> LoadedModel:
+    keras_model = traceable(keras_model)
     inputs = [
         _tensor_info(name, t.shape, t.dtype)
         for name, t in zip(keras_model.input_names, keras_model.inputs)

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 from gencompress.interrupts import check
+from gencompress.printable import printable
 
 
 _CURRENT: ContextVar = ContextVar("gencompress_progress", default=None)
@@ -86,6 +87,7 @@ class Progress:
         check()
         if not self.enabled:
             return
+        message = printable(message)  # one line, whatever the names in it hold
         if self.bars:
             from tqdm import tqdm
 
@@ -103,7 +105,7 @@ class Progress:
             from tqdm import tqdm
 
             bar = tqdm(
-                total=total, desc=label, unit=unit, file=self.stream, leave=False, dynamic_ncols=True,
+                total=total, desc=printable(label), unit=unit, file=self.stream, leave=False, dynamic_ncols=True,
                 position=self._depth, mininterval=0.2,
             )
         phase = Phase(bar)

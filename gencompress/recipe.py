@@ -38,7 +38,9 @@ from pathlib import Path
 
 from gencompress.calibration import Calibration
 from gencompress.config import AnalyzeConfig, DistillConfig, ExportConfig, Gates, PruneConfig, QuantizeConfig
-from gencompress.errors import GencompressError, InputError, OptionError
+from gencompress.errors import GencompressError, InputError, OptionError, UnsupportedModelError
+from gencompress.limits import check_path_names, read_document, refuse_special
+from gencompress.printable import printable
 
 RECIPE_VERSION = 1
 STEPS = {"prune": PruneConfig, "distill": DistillConfig, "quantize": QuantizeConfig, "export": ExportConfig, "analyze": AnalyzeConfig}
@@ -85,13 +87,14 @@ class Recipe:
 def load(path: str | os.PathLike) -> Recipe:
     """Read and check a recipe: a ``.toml`` file, or a ``report.json`` (the recipe it recorded)."""
     path = Path(path)
+    refuse_special(path, "recipe", RecipeError)
     if not path.is_file():
-        raise InputError(f"recipe not found: {path}")
-    text = path.read_text(encoding="utf-8", errors="replace")
+        raise InputError(f"recipe not found: {printable(path)}")
+    text = read_document(path, "recipe", RecipeError).decode("utf-8", errors="replace")
     if path.suffix.lower() == ".json":
         try:
             doc = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise RecipeError(f"recipe {path}: not valid JSON: {exc}") from None
         if isinstance(doc, dict) and "schema_version" in doc:  # a report.json
             if not isinstance(doc.get("recipe"), dict):
@@ -104,7 +107,7 @@ def load(path: str | os.PathLike) -> Recipe:
             import tomli as tomllib
         try:
             doc = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, RecursionError) as exc:
             raise RecipeError(f"recipe {path}: not valid TOML: {exc}") from None
     return parse(doc, path.resolve().parent, source=str(path))
 
@@ -261,6 +264,7 @@ def _is_number(value) -> bool:
 def _file(value, where: str, base: Path, folder_ok: bool = False) -> str:
     value = _value(value, str, where)
     path = (base / value).resolve() if not Path(value).is_absolute() else Path(value)
+    refuse_special(path, f"recipe {where}:", RecipeError)
     if not (path.is_file() or (folder_ok and path.is_dir())):
         raise RecipeError(f"recipe {where}: file not found: {value}" + (f" (looked in {base})" if not Path(value).is_absolute() else ""))
     return str(path)
@@ -398,17 +402,46 @@ class StepRun:
     folder: Path
 
 
-def run(recipe: Recipe, output: str | os.PathLike | None = None, progress=None) -> list[StepRun]:
+def code_files(recipe: Recipe) -> list[str]:
+    """The files whose code a run of ``recipe`` would execute, as it asks (``trust_code``): the
+    model, any student architecture, the ``custom_objects`` file. Empty when it asks for none."""
+    if not recipe.trust_code:
+        return []
+    files = [recipe.model] + [s.student for s in recipe.steps if s.student] + ([recipe.custom_objects] if recipe.custom_objects else [])
+    return list(dict.fromkeys(files))
+
+
+def trust_line(recipe: Recipe) -> str:
+    """One line naming what runs code, for a run given the permission (``--trust-code``)."""
+    names = ", ".join(Path(f).name for f in code_files(recipe))
+    return f"note: --trust-code: loading runs code from {names}, as the recipe asks" if names else ""
+
+
+def run(recipe: Recipe, output: str | os.PathLike | None = None, progress=None, trust_code: bool = False) -> list[StepRun]:
     """Run every step in order, each saved as it ends (one step: into the output folder; several:
-    into ``<output>/<i>-<command>/``); a step's model (pruned, student) feeds the next."""
+    into ``<output>/<i>-<command>/``); a step's model (pruned, student) feeds the next.
+
+    A recipe says what to do, never what may run: its ``trust_code`` and ``custom_objects`` take
+    effect only with ``trust_code=True`` here (``--trust-code`` on ``gencompress run``); without
+    it a recipe that asks for them is refused before anything loads."""
     import gencompress.api as api
     from gencompress.progress import Progress
     from gencompress.results import RecipeRecord
 
     progress = progress or Progress.current()
+    asks = code_files(recipe)
+    if asks and not trust_code:
+        names = ", ".join(printable(Path(f).name) for f in asks)
+        raise UnsupportedModelError(
+            f"recipe {printable(recipe.source or '')}: loading {names} runs code from {'them' if len(asks) > 1 else 'it'} "
+            "(trust_code = true); a recipe or report cannot allow that by itself: pass --trust-code to `gencompress run` if you trust it"
+        )
+    if trust_code and not recipe.trust_code:  # allowed on the command line: what ran is what the report records
+        recipe = dataclasses.replace(recipe, trust_code=True)
     if output is not None:  # what ran is what the report records
         recipe = dataclasses.replace(recipe, output=str(Path(output).resolve()))
     out = Path(output) if output is not None else Path(recipe.output)
+    check_path_names(out, "output folder")  # before any work, as the commands do
     document = recipe.document()
     with progress.phase(f"loading {Path(recipe.model).name}"):
         model = api.load_model(recipe.model, trust_code=recipe.trust_code, custom_objects=recipe.custom_objects)

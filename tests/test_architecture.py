@@ -11,7 +11,7 @@ from conftest import REPO
 PACKAGE = REPO / "gencompress"
 # Lower number = lower layer. A module may import its own layer or any lower one.
 LAYERS = {
-    "base": 0,  # config, results, errors, progress, artifacts, tfenv, interrupts, compat
+    "base": 0,  # config, results, errors, progress, artifacts, tfenv, interrupts, limits, memory, printable, compat
     "model": 1,  # model, loading, bridge
     "support": 2,  # calibration, converters, report
     "compress": 3,
@@ -28,7 +28,7 @@ def _layer(module: str) -> int:
     top = parts[0] if parts else ""
     if top == "__main__":
         return LAYERS["cli"]
-    if top in ("config", "results", "errors", "progress", "artifacts", "tfenv", "interrupts", "compat", "__init__", ""):
+    if top in ("config", "results", "errors", "progress", "artifacts", "tfenv", "interrupts", "compat", "limits", "memory", "printable", "__init__", ""):
         return LAYERS["base"]
     if top in ("model", "loading", "bridge"):
         return LAYERS["model"]

@@ -96,7 +96,7 @@ def load_keras3_file(path: str, trust_code: bool = False) -> "tf_keras.Model":
     keras, _tf_keras = import_backends()
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=not trust_code)
-    except GencompressError:
+    except (GencompressError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - Keras raises many kinds; report one line
         msg = one_line(exc)
@@ -150,16 +150,20 @@ def max_abs_error(keras3_model: "keras.Model", tf_keras_model: "tf_keras.Model",
 
 
 def _read_json_member(path: str, member: str) -> dict:
+    from gencompress.limits import ARCHIVE_ERRORS, read_zip_member
+
     if not zipfile.is_zipfile(path):
         raise ModelLoadError(f"cannot load {path}: not a .keras archive (not a zip file)")
-    with zipfile.ZipFile(path) as zf:
-        try:
-            raw = zf.read(member)
-        except KeyError:
-            raise ModelLoadError(f"cannot load {path}: the archive has no {member}") from None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            raw = read_zip_member(zf, member, f"cannot load {path}", ModelLoadError)
+    except KeyError:
+        raise ModelLoadError(f"cannot load {path}: the archive has no {member}") from None
+    except ARCHIVE_ERRORS as exc:
+        raise ModelLoadError(f"cannot load {path}: {one_line(exc)}") from None
     try:
         data = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ModelLoadError(f"cannot load {path}: {member} is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"cannot load {path}: {member} is not a JSON object")

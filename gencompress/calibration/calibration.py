@@ -15,6 +15,7 @@ import numpy as np
 
 from gencompress.calibration.sources import (
     array_file_arrays,
+    check_noise_fits,
     checked_arrays,
     image_folder_arrays,
     noise_set,
@@ -22,6 +23,8 @@ from gencompress.calibration.sources import (
     with_tail_latents,
 )
 from gencompress.errors import CalibrationError
+from gencompress.limits import refuse_special
+from gencompress.printable import printable
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,12 @@ class Calibration:
         if spec in (None, "noise"):
             return cls("noise", samples=samples, input_range=tuple(input_range))
         path = Path(spec)
-        if not path.exists():
+        try:
+            exists = path.exists()
+        except OSError as exc:  # a name over the file system's limit
+            raise CalibrationError(f"calibration source {printable(spec)}: {exc.strerror}") from None
+        refuse_special(path, "calibration source", CalibrationError)
+        if not exists:
             raise CalibrationError(f"calibration source not found: {spec} (use 'noise', a .npy/.npz file or an image folder)")
         if path.is_dir():
             return cls("images", path=str(path), samples=samples, input_range=tuple(input_range))
@@ -101,6 +109,7 @@ class Calibration:
         if calibration_samples < 1 or eval_samples < 1:
             raise CalibrationError("calibration and evaluation need at least one sample each")
         if self.kind == "noise":
+            check_noise_fits(inputs, calibration_samples, eval_samples)
             # both end with tail latents: held out, they are where int8 breaks first; calibrated
             # on, the int8 ranges cover them (min/max over ordinary draws clipped a 99.9th
             # percentile latent's input to the first layer: 17 dB on that sample)

@@ -14,6 +14,8 @@ from typing import Iterator
 import numpy as np
 
 from gencompress.errors import CalibrationError
+from gencompress.limits import refuse_special
+from gencompress.memory import check_fits, shape_text
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
@@ -146,11 +148,24 @@ def _chi_quantile(q: float, d: int, z: float) -> float:
     return float(np.sqrt(d * max(0.0, 1.0 - a + z * np.sqrt(a)) ** 3))
 
 
+def check_noise_fits(inputs, calibration_samples: int, eval_samples: int) -> None:
+    """Refuse, before drawing anything, noise sets that would not fit in memory: each input's
+    samples at its dtype, plus the float64 draw of the larger set (``standard_normal``)."""
+    n = calibration_samples + eval_samples
+    for t in inputs:
+        values = int(np.prod(t.shape[1:], dtype=object))
+        needed = n * values * np.dtype(t.dtype).itemsize + max(calibration_samples, eval_samples) * values * 8
+        check_fits(
+            needed, f"input '{t.name}' ({shape_text(t.shape[1:])}, {values * np.dtype(t.dtype).itemsize / 2**30:,.2f} GiB a sample) "
+            f"for {calibration_samples} calibration and {eval_samples} held-out samples",
+            "give fewer with --calibration-samples and --eval-samples" if n > 2 else "this model's input is too large for this machine",
+        )
+
+
 def array_file_arrays(inputs, path: Path) -> dict[str, np.ndarray]:
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise CalibrationError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    from gencompress.calibration.array_files import load_arrays
+
+    loaded = load_arrays(path)
     if isinstance(loaded, np.ndarray):
         if len(inputs) != 1:
             names = ", ".join(t.name for t in inputs)
@@ -159,8 +174,7 @@ def array_file_arrays(inputs, path: Path) -> dict[str, np.ndarray]:
             )
         raw = {inputs[0].name: loaded}
     else:
-        with loaded:
-            raw = {k: loaded[k] for k in loaded.files}
+        raw = loaded
     return checked_arrays(inputs, raw, str(path))
 
 
@@ -174,8 +188,6 @@ def checked_arrays(inputs, raw: dict, where: str) -> dict[str, np.ndarray]:
 
 
 def image_folder_arrays(inputs, folder: Path, input_range) -> dict[str, np.ndarray]:
-    from PIL import Image, UnidentifiedImageError
-
     image_inputs = [t for t in inputs if len(t.shape) == 4 and t.shape[-1] in (1, 3)]
     if len(inputs) != 1 or not image_inputs:
         raise CalibrationError(
@@ -186,17 +198,35 @@ def image_folder_arrays(inputs, folder: Path, input_range) -> dict[str, np.ndarr
     if not files:
         raise CalibrationError(f"no PNG/JPEG images in {folder}")
     _, h, w, c = t.shape
+    check_fits(len(files) * h * w * c * 4 * 2, f"{len(files)} images at the input's {shape_text((h, w, c))}",
+               "use a folder with fewer images")
     lo, hi = input_range
-    images = []
-    for f in files:
-        try:
+    images = [_read_image(f, h, w, c) * (hi - lo) + lo for f in files]
+    return {t.name: _checked(t, np.stack(images), str(folder))}
+
+
+def _read_image(f: Path, h: int, w: int, c: int) -> np.ndarray:
+    """One image as float32 in [0, 1], resized to ``h`` × ``w``. PIL refuses an image of over
+    ``Image.MAX_IMAGE_PIXELS`` pixels (89 million) before decoding it: a few hundred bytes of PNG
+    can declare 20000×20000 pixels (a decompression bomb)."""
+    import warnings
+
+    from PIL import Image
+
+    refuse_special(f, "image", CalibrationError)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(f) as im:
                 im = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
                 pixels = np.asarray(im, dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, OSError) as exc:
-            raise CalibrationError(f"cannot read image {f}: {str(exc).splitlines()[0]}") from None
-        images.append(pixels.reshape(h, w, c) * (hi - lo) + lo)
-    return {t.name: _checked(t, np.stack(images), str(folder))}
+    except MemoryError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise CalibrationError(f"image {f} is too large to decode safely: {str(exc).split(',')[0]} (PIL's limit against decompression bombs)") from None
+    except Exception as exc:  # noqa: BLE001 - PIL's decoders raise OSError, ValueError, SyntaxError, struct.error... on a bad file
+        raise CalibrationError(f"cannot read image {f}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+    return pixels.reshape(h, w, c)
 
 
 def _checked(t, array: np.ndarray, where: str) -> np.ndarray:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gencompress.errors import GencompressError, ModelLoadError
+from gencompress.limits import MAX_DOCUMENT_BYTES
 from gencompress.tfenv import import_keras
 
 
@@ -26,9 +27,13 @@ def read_h5_config(p: Path) -> tuple[dict, str]:
 
     try:
         with h5py.File(p, "r") as f:
+            if "model_config" in f.attrs and f.attrs.get_id("model_config").get_storage_size() > MAX_DOCUMENT_BYTES:
+                raise ModelLoadError(f"cannot load {p}: its model config is over {MAX_DOCUMENT_BYTES // 2**20} MiB, the most gencompress reads")
             raw = f.attrs.get("model_config")
             version = f.attrs.get("keras_version", "")
-    except OSError as exc:
+    except (GencompressError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - h5py raises OSError, RuntimeError, KeyError... for a damaged file
         raise ModelLoadError(f"cannot read {p} as HDF5: {first_line(exc)}") from None
     if raw is None:
         raise ModelLoadError(f"{p} holds no model config (weights-only .h5 files are not models)")
@@ -38,7 +43,7 @@ def read_h5_config(p: Path) -> tuple[dict, str]:
         from gencompress.compat.tf_keras import json_utils
 
         config = json_utils().decode(raw.decode() if isinstance(raw, bytes) else raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
         raise ModelLoadError(f"{p}: model config is not valid JSON: {first_line(exc)}") from None
     if not isinstance(config, dict):
         raise ModelLoadError(f"{p}: model config is not a JSON object")
@@ -66,7 +71,7 @@ def load_h5(p: Path, trust_code: bool, user_objects: dict):
         # Lambdas reach this point only with trust_code (the check refused them otherwise).
         with safe_mode_scope(not trust_code):
             model = keras.models.model_from_config(config, custom_objects={**builtin_objects(), **user_objects})
-    except GencompressError:
+    except (GencompressError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - Keras raises many kinds for a config it cannot build
         raise ModelLoadError(f"cannot load {p}: {first_line(exc)}") from None
@@ -104,7 +109,7 @@ def _load_weights(p: Path, model) -> None:
             if "model_weights" not in f:
                 raise ModelLoadError(f"cannot load {p}: it holds a model config but no model_weights group")
             load_weights_from_hdf5_group(f["model_weights"], model)
-    except GencompressError:
+    except (GencompressError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - h5py and tf-keras raise many kinds for bad weights
         raise ModelLoadError(f"cannot load {p}: {first_line(exc)}") from None
@@ -122,7 +127,7 @@ def _load_keras3_h5(p: Path, config: dict, trust_code: bool):
     keras, _ = import_backends()
     try:
         model = keras.saving.load_model(str(p), compile=False, safe_mode=not trust_code)
-    except GencompressError:
+    except (GencompressError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - Keras raises many kinds; report one line
         raise ModelLoadError(f"Keras 3 could not load {p}: {one_line(exc)}") from None
@@ -155,15 +160,15 @@ def check_archive_weights_used(p, n_variables: int) -> None:
 
 
 def _archive_weight_count(p) -> int | None:
-    import io
     import zipfile
 
     import h5py
 
+    from gencompress.limits import ARCHIVE_ERRORS
+
+    # Read through the archive (h5py seeks in the entry), never whole: the entry may be gigabytes.
     try:
-        with zipfile.ZipFile(p) as z:
-            data = z.read("model.weights.h5")
-        with h5py.File(io.BytesIO(data), "r") as f:
+        with zipfile.ZipFile(p) as z, z.open("model.weights.h5") as entry, h5py.File(entry, "r") as f:
             if "layers" not in f:
                 return None
             count = 0
@@ -174,5 +179,5 @@ def _archive_weight_count(p) -> int | None:
 
             f["layers"].visititems(visit)
             return count
-    except (OSError, KeyError, zipfile.BadZipFile):
+    except (*ARCHIVE_ERRORS, KeyError, ValueError):
         return None

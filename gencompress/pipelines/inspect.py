@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from gencompress.calibration.sources import noise_set
+from gencompress.printable import printable
 
 _NOT_COMPUTE = {"QUANTIZE", "DEQUANTIZE"}
 
@@ -129,4 +130,4 @@ def render_inspection(model, leftovers, onnx_check=None) -> str:
         lines.append("int8: every op maps to an int8 kernel")
     if onnx_check is not None or leftovers is not None:
         lines += _render_onnx(onnx_check)
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # a name with a newline stays on its line

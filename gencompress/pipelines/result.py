@@ -106,9 +106,12 @@ def previous_run_files(out: Path) -> list[str]:
     (reports from before ``files`` existed: its artifacts, models and picture)."""
     import json
 
-    try:
-        report = json.loads((out / "report.json").read_text())
-    except (OSError, ValueError):
+    from gencompress.errors import InputError
+    from gencompress.limits import read_document
+
+    try:  # the folder's report.json is anyone's: bounded, and a FIFO there is not waited on
+        report = json.loads(read_document(out / "report.json", "report"))
+    except (OSError, ValueError, RecursionError, InputError):
         return []
     if not isinstance(report, dict) or "schema_version" not in report or "command" not in report:
         return []  # not ours: leave the folder's other files alone

@@ -9,7 +9,6 @@ writing them to the user's folder is ``Result.save``'s job.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +34,8 @@ LATENCY_RUNS, FAST_LATENCY_RUNS = 50, 10
 LATENCY_SECONDS, FAST_LATENCY_SECONDS = 5.0, 2.0
 # Held-out samples whose outputs report.html shows, per artifact (kept in memory, not in report.json).
 PREVIEW_SAMPLES = 8
+# Held-out samples the float model runs on at once for the reference outputs.
+PREDICT_BATCH = 16
 
 
 def auto_sample_counts(model, fast: bool = False) -> tuple[int, int]:
@@ -61,12 +62,14 @@ class RunCache:
     @property
     def dir(self) -> Path:
         if self._dir is None:
-            self._dir = tempfile.TemporaryDirectory(prefix="gencompress-run-")
-        return Path(self._dir.name)
+            from gencompress.artifacts import ScratchFolder
+
+            self._dir = ScratchFolder()  # locked while in use: a later run removes it if this one is killed
+        return self._dir.path
 
     def close(self) -> None:
         if self._dir is not None:
-            self._dir.cleanup()
+            self._dir.close()
             self._dir = None
 
 
@@ -116,6 +119,9 @@ class Session:
 
     def add_file(self, name: str, data: bytes) -> Path:
         """A file of the run's output (artifact, saved model, picture), kept in the workdir."""
+        from gencompress.limits import check_name
+
+        check_name(name, self.workdir)
         path = self.workdir / name
         path.write_bytes(data)
         self.files[name] = path
@@ -156,8 +162,9 @@ def prepare(model, config: RunConfig, calibration: Calibration | None = None, pr
     )
     calib, held = calibration.sets(model.inputs, model.label_ranges, used_calib, resolved.eval_samples, config.seed)
     label = f"reference outputs of the float model on {len(held)} held-out samples"
+    _check_batch_fits(model, min(PREDICT_BATCH, len(held)))
     with progress.phase(label, total=len(held), unit="sample") as phase:
-        reference = model.predict(held.arrays, on_batch=phase.update)
+        reference = model.predict(held.arrays, batch_size=PREDICT_BATCH, on_batch=phase.update)
     known = model.known_output_range()
     if known is not None:
         output_range, source = known, model.output_activation
@@ -167,6 +174,37 @@ def prepare(model, config: RunConfig, calibration: Calibration | None = None, pr
     session.previews = Previews([r[:PREVIEW_SAMPLES] for r in reference], tuple(float(x) for x in output_range))
     session.notes = _count_notes(config, calibration, session, used_calib)
     return session
+
+
+def _check_batch_fits(model, batch: int) -> None:
+    """Refuse a model whose batch of inputs, largest layer output and outputs would not fit in
+    memory, before TensorFlow allocates them (it aborts the process when an allocation fails)."""
+    from gencompress.memory import check_fits, shape_text
+
+    def size(shape) -> int:
+        return int(np.prod([d for d in shape[1:] if d is not None], dtype=object)) * 4
+
+    inputs = sum(size(t.shape) for t in model.inputs)
+    largest = max([size(t.shape) for t in model.outputs] + [size(s) for s in _layer_shapes(model)])
+    biggest = max(model.inputs, key=lambda t: size(t.shape))
+    check_fits(batch * (2 * inputs + 2 * largest), f"running a batch of {batch} through the model (input '{biggest.name}' {shape_text(biggest.shape[1:])})",
+               "this model's tensors are too large for this machine")
+
+
+def _layer_shapes(model) -> list:
+    """Every layer's output shape (a plain SavedModel has none to read)."""
+    from gencompress.model import iter_layers
+
+    if model.keras_model is None:
+        return []
+    shapes = []
+    for layer in iter_layers(model.keras_model):
+        try:
+            shape = layer.output_shape
+        except (AttributeError, RuntimeError):
+            continue
+        shapes += [s for s in (shape if isinstance(shape, list) else [shape]) if isinstance(s, tuple)]
+    return shapes
 
 
 def _count_notes(given: RunConfig, calibration: Calibration, session: Session, asked_calib: int) -> list[str]:
@@ -327,12 +365,14 @@ def artifact(session: Session, fmt: str, precision: str = "float32", variant: st
 def record_failure(session: Session, fmt: str, precision: str, error, variant: str | None = None) -> None:
     """Keep a precision a converter could not build; a full disk or an interrupt stops the run
     instead (every later conversion would fail the same way, for no fault of the model)."""
-    from gencompress.errors import OutputError, disk_full
+    from gencompress.errors import OutputError, ResourceError, disk_full, out_of_memory
     from gencompress.interrupts import check
 
     check()
     if disk_full(error):
         raise OutputError(f"no space left for the run's scratch files in {session.workdir.parent}: {error}") from error
+    if out_of_memory(error):
+        raise ResourceError(f"out of memory converting {fmt} {precision}: {error}") from error
     session.failures.append(Failure(format=fmt, precision=precision, error=str(error), variant=variant))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gencompress.printable import printable
 from gencompress.report import sections
 
 
@@ -17,7 +18,7 @@ def _rows(report: dict) -> list[list[str]]:
         ratio = a.get("size_vs_float")
         rows.append(
             [
-                Path(a["path"]).name,
+                printable(Path(a["path"]).name),
                 a["precision"],
                 _kib(a["size_bytes"]),
                 _kib(a["gzip_bytes"]),
@@ -36,7 +37,7 @@ HEADER = ["artifact", "precision", "size", "gzip", "vs float", "p50 ms", "PSNR d
 
 
 def terminal_table(report: dict) -> str:
-    rows = [HEADER] + _rows(report)
+    rows = [HEADER] + _rows(report)  # cells escaped (a model file named with a newline stays one row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -67,6 +68,7 @@ def markdown(report: dict) -> str:
     notes = [f"- {n}" for n in report.get("notes", [])]
     notes += [f"- `{Path(a['path']).name}`: {n}" for a in report["artifacts"] for n in a.get("notes", [])]
     notes += [f"- {f['format']} {f['precision']} FAILED: {f['error']}" for f in report.get("failures", [])]
+    notes = [printable(n) for n in notes]
     if notes:
         lines += ["", "## Notes", ""] + notes
     lines += [
@@ -87,17 +89,17 @@ def markdown(report: dict) -> str:
 
 def terminal_summary(report: dict) -> str:
     """The lines after the artifact table: the run's notes, then the command's section summary
-    (or each artifact's notes)."""
-    lines = [f"note: {n}" for n in report.get("notes", [])]
+    (or each artifact's notes); names in them escaped (``sections.terminal_lines``)."""
+    notes = [f"note: {n}" for n in report.get("notes", [])]
     if report.get("pruning"):
-        lines.append(sections.pruning_summary(report))
+        section = sections.pruning_summary(report)
     elif report.get("distillation"):
-        lines.append(sections.distillation_summary(report))
+        section = sections.distillation_summary(report)
     elif report.get("qat"):
-        lines.append(sections.qat_summary(report))
+        section = sections.qat_summary(report)
     else:
-        lines += [f"note: {Path(a['path']).name}: {n}" for a in report["artifacts"] for n in a.get("notes", [])]
-    return "\n".join(lines)
+        return sections.terminal_lines(notes + [f"note: {Path(a['path']).name}: {n}" for a in report["artifacts"] for n in a.get("notes", [])])
+    return "\n".join([sections.terminal_lines(notes), section]) if notes else section
 
 
 def _kib(n: int) -> str:
@@ -119,14 +121,14 @@ def sensitivity_table(report: dict, markdown: bool = False) -> str:
             rows.append(
                 [
                     fmt,
-                    u["label"],
+                    printable(u["label"]),
                     _opt(u["only_quantized_psnr_db"]),
                     _opt(u["all_but_psnr_db"]),
                     _opt(u.get("rmse_over_scale"), "{:.3f}"),
                 ]
             )
         rows.append([fmt, "(everything int8)", _opt(sens["int8_psnr_db"]), "", ""])
-    notes = [n for sens in report["sensitivity"].values() for n in sens.get("notes", [])]
+    notes = [printable(n) for sens in report["sensitivity"].values() for n in sens.get("notes", [])]
     if markdown:
         out = ["## Sensitivity", "", "| " + " | ".join(SENSITIVITY_HEADER) + " |", "|" + "---|" * len(SENSITIVITY_HEADER)]
         out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -177,7 +179,7 @@ def gate_failures_table(report: dict) -> str:
     if not failed:
         return ""
     rows = [["artifact", "gate", "measured", "limit"]] + [
-        [c["artifact"], "--" + c["gate"].replace("_", "-"), gate_value(c["measured"], c["gate"]),
+        [printable(c["artifact"]), "--" + c["gate"].replace("_", "-"), gate_value(c["measured"], c["gate"]),
          f"{GATE_WORDS[c['gate']][2]} {gate_value(c['limit'], c['gate'])}"]
         for c in failed
     ]

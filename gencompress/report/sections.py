@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gencompress.printable import printable
+
 
 def pruning_markdown(p: dict) -> str:
     sched = p["schedule"]
@@ -67,7 +69,7 @@ def pruning_summary(report: dict) -> str:
     ]
     lines += [f"note: {Path(a['path']).name}: {n}" for a in report["artifacts"] for n in a.get("notes", [])]
     lines.append(f"pruned model: {p['pruned_model']}")
-    return "\n".join(lines)
+    return terminal_lines(lines)
 
 
 def qat_markdown(section: dict) -> str:
@@ -134,7 +136,7 @@ def qat_summary(report: dict) -> str:
             f"QAT int8 {_db(r['qat_psnr_db'])} dB ({_size(r['qat_size_bytes'])}): {_signed(r['qat_minus_ptq_int8_db'])} dB"
         )
     lines += [f"note: {Path(a['path']).name}: {n}" for a in report["artifacts"] for n in a.get("notes", [])]
-    return "\n".join(lines)
+    return terminal_lines(lines)
 
 
 def distillation_markdown(d: dict) -> str:
@@ -202,7 +204,7 @@ def distillation_summary(report: dict) -> str:
     if d["samples"]:
         lines.append(f"samples: {d['samples']}")
     lines.append(f"student model: {d['student_model']}")
-    return "\n".join(lines)
+    return terminal_lines(lines)
 
 
 def _db(x) -> str:
@@ -234,3 +236,8 @@ def _variants(g) -> str:
     if not (a or b):
         return ""
     return f" ({a})" if a == b else f" (original: {a or '-'}; pruned: {b or '-'})"
+
+
+def terminal_lines(lines) -> str:
+    """Lines for the terminal, each one line as printed: control characters in names escaped."""
+    return "\n".join(printable(line) for line in lines)

@@ -40,14 +40,17 @@ SLOWER = 1.10  # "slower than float": beyond this factor (latency noise on sub-m
 
 
 def _load_seconds(entry, folder: Path) -> float:
-    code = (
-        "import sys, time; from gencompress.model import load_model; t = time.perf_counter(); "
-        "load_model(sys.argv[1], trust_code=len(sys.argv) > 2, custom_objects_file=sys.argv[2] if len(sys.argv) > 2 else None); "
-        "print(time.perf_counter() - t)"
-    )
     extra = load_args(entry, folder)
-    args = [str(entry["path"])] + ([extra[2]] if extra else [])
-    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    kwargs = {"trust_code": "--trust-code" in extra}
+    if "--custom-objects" in extra:
+        kwargs["custom_objects_file"] = extra[extra.index("--custom-objects") + 1]
+    if "--input-shape" in extra:
+        kwargs["input_shape"] = [int(d) for d in extra[extra.index("--input-shape") + 1].split(",")]
+    code = (
+        "import json, sys, time; from gencompress.model import load_model; t = time.perf_counter(); "
+        "load_model(sys.argv[1], **json.loads(sys.argv[2])); print(time.perf_counter() - t)"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(entry["path"]), json.dumps(kwargs)], capture_output=True, text=True)
     try:
         return float(result.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):

@@ -23,11 +23,12 @@ from gencompress.pipelines.result import Result
 from gencompress.progress import Progress
 
 
-def load_model(path, trust_code: bool = False, custom_objects: str | None = None) -> LoadedModel:
+def load_model(path, trust_code: bool = False, custom_objects: str | None = None, input_shape=None) -> LoadedModel:
     """Load a ``.h5``, ``.keras`` or SavedModel. Code stored in the model (Lambda layers) runs
     only with ``trust_code``; ``custom_objects``: a Python file defining custom layer classes
-    and Lambda helpers (needs ``trust_code``)."""
-    return _load_model(path, trust_code=trust_code, custom_objects_file=custom_objects)
+    and Lambda helpers (needs ``trust_code``); ``input_shape``: the shape (without the batch) to
+    fix a fully convolutional model's unknown input dimensions at, or ``{input name: shape}``."""
+    return _load_model(path, trust_code=trust_code, custom_objects_file=custom_objects, input_shape=input_shape)
 
 
 def quantize(model: LoadedModel, config: QuantizeConfig | None = None, calibration: Calibration | None = None,

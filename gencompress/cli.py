@@ -365,7 +365,8 @@ def _run(command: str, model_path, output_dir, trust_code, custom_objects, confi
     output = _output(model_path, output_dir)
     model = _load_model(model_path, trust_code, custom_objects)
     out = output["out"]
-    recipe = recipes.from_command(command, config, calibration, model_path, out, trust_code, custom_objects, student_path)
+    recipe = recipes.from_command(command, config, calibration, model_path, out, trust_code, custom_objects, student_path,
+                                  click.get_current_context().meta.get("gencompress.input_shape"))
     save_recipe = click.get_current_context().meta.get("gencompress.save_recipe")
     if save_recipe:
         recipes.write(recipe, save_recipe)
@@ -499,8 +500,9 @@ def _load_model(path, trust_code: bool, custom_objects):
     from gencompress.api import load_model
     from gencompress.progress import Progress
 
+    input_shape = click.get_current_context().meta.get("gencompress.input_shape")
     with Progress.current().phase(f"loading {Path(path).name}"):
-        return load_model(path, trust_code=trust_code, custom_objects=custom_objects)
+        return load_model(path, trust_code=trust_code, custom_objects=custom_objects, input_shape=input_shape)
 
 
 def main(argv=None):

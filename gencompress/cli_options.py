@@ -59,11 +59,33 @@ def model_options(f):
     @click.option("-o", "--output-dir", type=click.Path(), help=f"Where artifacts and the report go [default: {DEFAULT_OUTPUT}/<model stem>].")
     @click.option("--trust-code", is_flag=True, help="Allow Lambda layers and --custom-objects: loading then runs code from the model.")
     @click.option("--custom-objects", type=click.Path(dir_okay=False), help="Python file defining custom layer classes and Lambda helpers (needs --trust-code).")
+    @click.option("--input-shape", "input_shape", multiple=True, metavar="[NAME:]DIMS", callback=_input_shape,
+                  help="Fix a fully convolutional model's unknown input dimensions: 256,256,3 (without the batch); NAME:256,256,3 per input.")
     @functools.wraps(f)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args, input_shape=None, **kwargs):
+        click.get_current_context().meta["gencompress.input_shape"] = input_shape
         return f(*args, **kwargs)
 
     return wrapper
+
+
+def _input_shape(ctx, param, values):
+    """``--input-shape`` values as one shape (one unnamed value) or ``{name: shape}``; ``None`` if not given."""
+    if not values:
+        return None
+    shapes = {}
+    for value in values:
+        name, _, dims = value.rpartition(":")
+        try:
+            shape = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            raise click.BadParameter(f"'{value}': give dimensions such as 256,256,3 (or NAME:256,256,3)") from None
+        shapes[name or None] = shape
+    if None in shapes:
+        if len(shapes) > 1:
+            raise click.BadParameter("give every input's shape as NAME:DIMS when there are several")
+        return shapes[None]
+    return shapes
 
 
 def run_options(f):

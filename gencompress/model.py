@@ -140,13 +140,23 @@ def model_stem(path: str | os.PathLike) -> str:
 
 
 def load_model(
-    path: str | os.PathLike, trust_code: bool = False, custom_objects_file: str | None = None
+    path: str | os.PathLike, trust_code: bool = False, custom_objects_file: str | None = None, input_shape=None
 ) -> LoadedModel:
     """Load a Keras ``.h5``/``.keras`` file or a SavedModel directory into a ``LoadedModel``.
 
     ``trust_code`` allows Lambda layers (their code runs at load time); ``custom_objects_file`` is a
     Python file defining custom layer classes, imported only when ``trust_code`` is set.
+    ``input_shape`` fixes the unknown dimensions of a fully convolutional model's inputs: one
+    shape without the batch (``(256, 256, 3)``) for a one-input model, or ``{name: shape}``.
     """
+    model = _load_model_file(path, trust_code, custom_objects_file)
+    if input_shape is not None:
+        model = with_input_shapes(model, input_shape)
+    _check_static_shapes(model)
+    return model
+
+
+def _load_model_file(path, trust_code: bool, custom_objects_file) -> LoadedModel:
     path = str(path)
     p = Path(path)
     try:
@@ -171,7 +181,7 @@ def load_model(
             return _from_keras(path, "keras3", load_keras3_file(path, trust_code=trust_code))
         config = _keras_zip_config(p)
         _check_layers_safe(config, trust_code, custom_objects)
-        keras_model = _keras_load(p, custom_objects, trust_code)
+        keras_model = _keras_load(p, custom_objects, trust_code, config)
         check_archive_weights_used(p, len(keras_model.variables))
         return _from_keras(path, "keras", keras_model)
     raise ModelLoadError(
@@ -216,14 +226,17 @@ def _check_layers_safe(config: dict, trust_code: bool, custom_objects: dict) -> 
     check_config(config, trust_code, custom_objects, tf_keras_layer)
 
 
-def _keras_load(p: Path, custom_objects: dict, trust_code: bool):
+def _keras_load(p: Path, custom_objects: dict, trust_code: bool, config: dict | None = None):
     from gencompress.loading import builtin_objects
+    from gencompress.loading.checkpoint_layout import load_checkpoint_layout, uses_checkpoint_layout
 
     keras = import_keras()
     kwargs = {"compile": False, "custom_objects": {**builtin_objects(), **custom_objects}}
     if p.suffix == ".keras":
         kwargs["safe_mode"] = not trust_code
     try:
+        if config is not None and uses_checkpoint_layout(p):  # written by tf.keras 2.13-2.15
+            return load_checkpoint_layout(p, config, kwargs["custom_objects"])
         return keras.models.load_model(str(p), **kwargs)
     except (GencompressError, MemoryError):
         raise
@@ -262,7 +275,6 @@ def _load_saved_model_dir(p: Path, trust_code: bool, custom_objects: dict) -> Lo
         signature=signature,
     )
     model._saved_object = loaded  # keep the variables alive with the signature
-    _check_static_shapes(model)
     return model
 
 
@@ -307,7 +319,6 @@ def _from_keras(path: str, fmt: str, keras_model) -> LoadedModel:
         output_activation=_output_activation(keras_model),
         label_ranges=_embedding_ranges(keras_model),
     )
-    _check_static_shapes(model)
     return model
 
 
@@ -330,8 +341,41 @@ def _check_static_shapes(model: LoadedModel) -> None:
         if any(d is None for d in t.shape[1:]):
             raise UnsupportedModelError(
                 f"input '{t.name}' has unknown dimensions {list(t.shape)}: "
-                "gencompress needs fixed input shapes (all but the batch)"
+                "gencompress needs fixed input shapes (all but the batch); give the size you deploy at with --input-shape, "
+                f"e.g. --input-shape {','.join(str(d or 256) for d in t.shape[1:])}"
             )
+
+
+def with_input_shapes(model: LoadedModel, input_shape) -> LoadedModel:
+    """``model`` rebuilt on inputs of fixed shapes (``load_model``'s ``input_shape``): the same
+    layers and weights, called on new inputs. Only unknown dimensions may be set; a Keras model
+    is needed (a plain SavedModel's signature is fixed)."""
+    from gencompress.errors import OptionError
+
+    shapes = input_shape if isinstance(input_shape, dict) else {model.inputs[0].name: input_shape} if len(model.inputs) == 1 else None
+    if shapes is None:
+        raise OptionError(f"--input-shape: the model has {len(model.inputs)} inputs: give NAME:SHAPE for each")
+    unknown = sorted(set(shapes) - {t.name for t in model.inputs})
+    if unknown:
+        raise OptionError(f"--input-shape: no input named {', '.join(unknown)} (inputs: {', '.join(t.name for t in model.inputs)})")
+    for t in model.inputs:
+        shape = tuple(int(d) for d in shapes.get(t.name, t.shape[1:]))
+        if len(shape) != len(t.shape) - 1 or any(d < 1 for d in shape):
+            raise OptionError(f"--input-shape: input '{t.name}' has shape {list(t.shape)}: give {len(t.shape) - 1} dimensions >= 1, not {list(shape)}")
+        if any(known is not None and known != d for known, d in zip(t.shape[1:], shape)):
+            raise OptionError(f"--input-shape: input '{t.name}' is {list(t.shape)}: only its unknown dimensions can be set, not {list(shape)}")
+    if model.keras_model is None:
+        raise UnsupportedModelError("--input-shape needs a Keras model: a plain SavedModel's signature fixes its shapes")
+    keras = import_keras()
+    km = model.keras_model
+    fresh = [keras.Input(batch_shape=(None,) + tuple(int(d) for d in shapes.get(n, t.shape[1:])), dtype=t.dtype, name=n)
+             for n, t in zip(km.input_names, km.inputs)]
+    try:
+        rebuilt = keras.models.clone_model(km, input_tensors=fresh if len(fresh) > 1 else fresh[0])
+        rebuilt.set_weights(km.get_weights())
+    except (ValueError, TypeError) as exc:
+        raise UnsupportedModelError(f"cannot rebuild the model on --input-shape {shapes}: {_first_line(exc)}") from None
+    return _from_keras(model.path, model.format, rebuilt)
 
 
 def _output_activation(keras_model) -> str | None:
@@ -410,12 +454,16 @@ def from_keras(keras_model, name: str | None = None) -> LoadedModel:
     keras = import_keras()
     name = name or getattr(keras_model, "name", None) or "model"
     if isinstance(keras_model, keras.Model):
-        return _from_keras(name, "keras-object", keras_model)
+        loaded = _from_keras(name, "keras-object", keras_model)
+        _check_static_shapes(loaded)
+        return loaded
     module = type(keras_model).__module__
     if module.startswith("keras"):
         from gencompress.bridge import keras3_to_tf_keras
 
-        return _from_keras(name, "keras3-object", keras3_to_tf_keras(keras_model))
+        loaded = _from_keras(name, "keras3-object", keras3_to_tf_keras(keras_model))
+        _check_static_shapes(loaded)
+        return loaded
     raise UnsupportedModelError(f"not a Keras model: {type(keras_model).__name__}")
 
 

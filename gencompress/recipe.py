@@ -46,7 +46,7 @@ RECIPE_VERSION = 1
 STEPS = {"prune": PruneConfig, "distill": DistillConfig, "quantize": QuantizeConfig, "export": ExportConfig, "analyze": AnalyzeConfig}
 _NOT_IN_STEPS = {"gates"}  # a run's gates are the recipe's [gates] table
 _CALIBRATION_KEYS = {"source": str, "samples": int, "input_range": "range"}
-_MODEL_KEYS = {"path": "file", "trust_code": bool, "custom_objects": "file"}
+_MODEL_KEYS = {"path": "file", "trust_code": bool, "custom_objects": "file", "input_shape": "shape"}
 
 
 class RecipeError(OptionError):
@@ -71,6 +71,7 @@ class Recipe:
     trust_code: bool = False
     custom_objects: str | None = None
     source: str | None = None
+    input_shape: tuple | dict | None = None  # fixes a fully convolutional model's unknown input dimensions
 
     @property
     def gates(self) -> Gates:
@@ -135,7 +136,7 @@ def parse(doc, base: Path, source: str | None = None) -> Recipe:
     out = (base / output if output else base / "gencompress-out" / Path(model["path"]).stem).resolve()
     return Recipe(
         model=model["path"], trust_code=model.get("trust_code", False), custom_objects=model.get("custom_objects"),
-        calibration=calibration, steps=tuple(steps), output=str(out), source=source,
+        calibration=calibration, steps=tuple(steps), output=str(out), source=source, input_shape=model.get("input_shape"),
     )
 
 
@@ -151,7 +152,21 @@ def _model(doc, base: Path) -> dict:
         model["custom_objects"] = _file(doc["custom_objects"], "model.custom_objects", base)
         if not model.get("trust_code"):
             raise RecipeError("recipe model.custom_objects: needs trust_code = true (the file's code runs at load time)")
+    if "input_shape" in doc:
+        model["input_shape"] = _shape(doc["input_shape"])
     return model
+
+
+def _shape(value):
+    """``model.input_shape``: a list of dimensions, or a table of them by input name."""
+    def dims(v, where):
+        if not isinstance(v, list) or not v or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in v):
+            raise RecipeError(f"recipe {where}: expected a list of dimensions >= 1 such as [256, 256, 3], got {_got(v)}")
+        return tuple(v)
+
+    if isinstance(value, dict):
+        return {name: dims(v, f"model.input_shape.{name}") for name, v in value.items()}
+    return dims(value, "model.input_shape")
 
 
 def _calibration(doc, base: Path) -> Calibration:
@@ -328,6 +343,9 @@ def _document(recipe: Recipe, base: Path | None) -> dict:
         model["trust_code"] = True
     if recipe.custom_objects:
         model["custom_objects"] = where(recipe.custom_objects)
+    if recipe.input_shape is not None:
+        shape = recipe.input_shape
+        model["input_shape"] = {k: list(v) for k, v in shape.items()} if isinstance(shape, dict) else list(shape)
     doc = {"version": RECIPE_VERSION, "output": where(recipe.output), "model": model, "calibration": calibration}
     doc["steps"] = [{s.command: _step_table(s, where)} for s in recipe.steps]
     gates = _plain(recipe.gates)
@@ -376,7 +394,7 @@ def write(recipe: Recipe, path: str | os.PathLike) -> Path:
 
 
 def from_command(command: str, config, calibration: Calibration, model: str, output: str, trust_code: bool = False,
-                 custom_objects: str | None = None, student: str | None = None) -> Recipe:
+                 custom_objects: str | None = None, student: str | None = None, input_shape=None) -> Recipe:
     """The recipe of one command's run (``--save-recipe``, and what its report records)."""
     def absolute(p):
         return None if p is None else str(Path(p).resolve())
@@ -385,7 +403,7 @@ def from_command(command: str, config, calibration: Calibration, model: str, out
         calibration = dataclasses.replace(calibration, path=absolute(calibration.path))
     return Recipe(
         model=absolute(model), steps=(Step(command, config, absolute(student)),), output=absolute(output),
-        calibration=calibration, trust_code=trust_code, custom_objects=absolute(custom_objects),
+        calibration=calibration, trust_code=trust_code, custom_objects=absolute(custom_objects), input_shape=input_shape,
     )
 
 
@@ -444,7 +462,8 @@ def run(recipe: Recipe, output: str | os.PathLike | None = None, progress=None, 
     check_path_names(out, "output folder")  # before any work, as the commands do
     document = recipe.document()
     with progress.phase(f"loading {Path(recipe.model).name}"):
-        model = api.load_model(recipe.model, trust_code=recipe.trust_code, custom_objects=recipe.custom_objects)
+        model = api.load_model(recipe.model, trust_code=recipe.trust_code, custom_objects=recipe.custom_objects,
+                               input_shape=recipe.input_shape)
     runs = []
     for i, step in enumerate(recipe.steps):
         progress.log(f"step {i + 1}/{len(recipe.steps)}: {step.command} {model.stem}")

@@ -56,10 +56,20 @@ def output_values(entry: dict) -> int:
     return total
 
 
+# A fully convolutional model (unknown height and width) is measured at this size, as a user
+# deploying it would fix one with --input-shape.
+DEPLOY_SIZE = 256
+
+
 def load_args(entry: dict, folder: Path) -> list[str]:
-    """CLI arguments that load ``entry``: ``--trust-code --custom-objects`` only where it has a Lambda."""
+    """CLI arguments that load ``entry``: ``--trust-code --custom-objects`` only where it has a
+    Lambda; ``--input-shape`` where its input has unknown dimensions."""
+    args = []
+    for shape in entry["inputs"] or []:
+        if None in shape[1:]:
+            args += ["--input-shape", ",".join(str(DEPLOY_SIZE if d is None else d) for d in shape[1:])]
     if "Lambda" not in entry["custom_layers"] and "Lambda" not in entry.get("layer_classes", []):
-        return []
+        return args
     helpers = Path(folder) / "lambda_helpers.py"
     helpers.write_text(LAMBDA_HELPERS)
-    return ["--trust-code", "--custom-objects", str(helpers)]
+    return args + ["--trust-code", "--custom-objects", str(helpers)]

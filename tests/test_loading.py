@@ -1055,3 +1055,72 @@ def test_dfst_needs_only_trust_code(tmp_path):
     x = np.random.default_rng(0).uniform(-1, 1, (2, 48, 48, 3)).astype("float32")
     y = model.predict({model.input_names[0]: x})[0]
     assert np.all(np.isfinite(y)) and np.abs(y).max() <= 1.0 and y.std() > 0.05
+
+
+def test_fully_convolutional_model_gets_its_input_shape_from_the_user(keras, tmp_path):
+    """(None, None, 3) inputs: refused in one line naming --input-shape; with it, the model is
+    rebuilt on that size (same layers and weights) and runs end to end; the recipe records it."""
+    from click.testing import CliRunner
+
+    from gencompress.cli import cli
+    from gencompress.model import load_model
+
+    x = keras.Input((None, None, 3), name="image")
+    y = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="c1")(x)
+    y = keras.layers.MaxPooling2D(2, name="pool")(y)
+    y = keras.layers.UpSampling2D(2, name="up")(y)
+    model = keras.Model(x, keras.layers.Conv2D(3, 3, padding="same", activation="sigmoid", name="c2")(y))
+    path = tmp_path / "fcn.keras"
+    model.save(path)
+    with pytest.raises(UnsupportedModelError, match="--input-shape 256,256,3"):
+        load_model(path)
+    fixed = load_model(path, input_shape=(16, 24, 3))
+    assert fixed.inputs[0].shape == (None, 16, 24, 3) and fixed.outputs[0].shape == (None, 16, 24, 3)
+    xs = np.random.default_rng(0).uniform(0, 1, (2, 16, 24, 3)).astype("float32")
+    assert np.allclose(fixed.keras_model.predict(xs, verbose=0), model.predict(xs, verbose=0), atol=1e-6)
+    for bad, words in (((16, 24), "give 3 dimensions"), ((16, 24, 4), "only its unknown dimensions")):
+        with pytest.raises(Exception, match=words):
+            load_model(path, input_shape=bad)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["export", str(path), "--input-shape", "16,24,3", "-o", str(out), "--eval-samples", "2",
+                                      "--latency-runs", "1", "--save-recipe", str(tmp_path / "r.toml")])
+    assert result.exit_code == 0, result.output
+    assert "input_shape = [\n    16,\n    24,\n    3,\n]" in (tmp_path / "r.toml").read_text() or "input_shape = [16, 24, 3]" in (tmp_path / "r.toml").read_text()
+    bad = CliRunner().invoke(cli, ["export", str(path), "--input-shape", "16,x,3", "-o", str(out)])
+    assert bad.exit_code == 2 and "give dimensions such as 256,256,3" in bad.output
+
+
+def test_keras_archive_from_tf_keras_2_14_loads_its_weights(keras, tmp_path):
+    """tf.keras 2.13-2.15 wrote a .keras archive's weights under each layer's generic name
+    (_layer_checkpoint_dependencies/conv2d/vars/0) instead of its config name ('Conv1'):
+    tf-keras 2.21 found nothing ("Layer 'Conv1' expected 2 variables, but received 0") and a
+    published document-cleaning autoencoder would not load. Built here by rewriting the
+    weights file of a saved archive into that layout."""
+    import zipfile
+
+    import h5py
+
+    from gencompress.model import load_model
+
+    x = keras.Input((8, 8, 3), name="image_input")
+    y = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="Conv1")(x)
+    y = keras.layers.MaxPooling2D(2, name="pool1")(y)
+    y = keras.layers.Conv2D(4, 3, padding="same", name="Conv2")(y)
+    model = keras.Model(x, keras.layers.UpSampling2D(2, name="up")(y))
+    saved = tmp_path / "new.keras"
+    model.save(saved)
+    old_weights = tmp_path / "old.weights.h5"
+    with h5py.File(old_weights, "w") as f:
+        for generic, layer in (("conv2d", "Conv1"), ("conv2d_1", "Conv2")):
+            for i, w in enumerate(model.get_layer(layer).get_weights()):
+                f.create_dataset(f"_layer_checkpoint_dependencies/{generic}/vars/{i}", data=w)
+        for generic in ("input_layer", "max_pooling2d", "up_sampling2d"):
+            f.create_group(f"_layer_checkpoint_dependencies/{generic}/vars")
+    old = tmp_path / "old.keras"
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(old, "w") as dst:
+        for name in ("config.json", "metadata.json"):
+            dst.writestr(name, src.read(name))
+        dst.write(old_weights, "model.weights.h5")
+    loaded = load_model(old)
+    xs = np.random.default_rng(1).standard_normal((2, 8, 8, 3)).astype("float32")
+    assert np.allclose(loaded.keras_model.predict(xs, verbose=0), model.predict(xs, verbose=0), atol=1e-6)

@@ -181,13 +181,32 @@ class TFLiteMixed:
     def __init__(self, model, calibration, progress=None):
         from gencompress.converters.tflite import calibrate
 
-        self.calibrated = calibrate(model, calibration, progress)
+        self.kept: dict = {}  # a subsample of each tensor's calibration values
+        self.calibrated = calibrate(model, calibration, progress, keep=self.kept)
         self.units = tflite_units(self.calibrated, keras_layer_names(model), _output_layers(model))
         self.clamped = saturation_clamped(self.calibrated)
         self.companions = tflite_companions(self.calibrated, self.units)
+        self._mse = None
+
+    def mse_calibrated(self) -> bytes | None:
+        """The calibrated model (saturation-aware when it has clamps) with ranges chosen for the
+        quantization error (``compress.ranges``), or ``None`` when none changes. Made once."""
+        from gencompress.compress.ranges import mse_ranges
+
+        if self._mse is None:
+            model = read_flatbuffer(self.clamped or self.calibrated)
+            names = {i: builtin_op_name(model, code) for i, code in enumerate(model.operatorCodes)}
+            graph = model.subgraphs[0]
+            ops = [(names[op.opcodeIndex], [int(t) for t in op.inputs], [int(t) for t in op.outputs]) for op in graph.operators]
+            # not the model's inputs: clipping what the user feeds in spoils every layer after it
+            kept = {i: v for i, v in self.kept.items() if i not in set(graph.outputs) | set(graph.inputs)}
+            changed = len(model.subgraphs) == 1 and mse_ranges(graph.tensors, ops, kept, _PASS_THROUGH)
+            self._mse = write_flatbuffer(model) if changed else b""
+        return self._mse or None
 
     def build(
-        self, float_units=(), dense_per_tensor: bool = False, saturation_aware: bool = False, int8_io: bool = False
+        self, float_units=(), dense_per_tensor: bool = False, saturation_aware: bool = False, int8_io: bool = False,
+        mse: bool = False,
     ) -> bytes:
         """int8 with ``float_units`` kept float; ``saturation_aware`` clamps the calibrated range of
         tensors that only feed a sigmoid/tanh to where those saturate (see ``saturation_clamped``).
@@ -198,6 +217,8 @@ class TFLiteMixed:
         """
         tf = import_tf()
         calibrated = self.clamped if saturation_aware and self.clamped else self.calibrated
+        if mse and self.mse_calibrated() is not None:
+            calibrated = self.mse_calibrated()
         names = [u.name for u in float_units if u.op not in TFLITE_OPS_DENIED_BY_TYPE]
         ops = sorted({u.op for u in float_units if u.op in TFLITE_OPS_DENIED_BY_TYPE})
         io_type = tf.int8 if int8_io else tf.float32

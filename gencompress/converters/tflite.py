@@ -62,7 +62,12 @@ def int8_converter(model, calibration):
     return converter
 
 
-def calibrate(model, calibration, progress=None) -> bytes:
+# Values kept per tensor over the whole calibration set when asked (``calibrate(keep=...)``): a
+# strided subsample of each sample's, for ranges chosen from the values (``compress.ranges``).
+KEEP_VALUES = 32768
+
+
+def calibrate(model, calibration, progress=None, keep: dict | None = None) -> bytes:
     """``model`` as a float TFLite flatbuffer with each activation's min/max over ``calibration``
     recorded in it: the input of ``mlir_quantize`` for every int8 variant of a run.
 
@@ -86,8 +91,10 @@ def calibrate(model, calibration, progress=None) -> bytes:
                 structure = bytes(converter.convert())
         except Exception as exc:  # the converter raises many kinds
             raise ConversionError(f"TFLite calibration failed: {error_summary(exc)}") from exc
-        ranges = _observed_ranges(structure, model, calibration, phase.update)
+        ranges = _observed_ranges(structure, model, calibration, phase.update, keep)
         if ranges is None:  # let the calibrator do it all
+            if keep is not None:
+                keep.clear()  # its tensors are not the ones observed
             converter = int8_converter(model, calibration)
             calibrate_only(converter)
             with native_output_captured():
@@ -95,9 +102,10 @@ def calibrate(model, calibration, progress=None) -> bytes:
     return _with_ranges(structure, ranges)
 
 
-def _observed_ranges(calibrated: bytes, model, calibration, on_sample) -> dict | None:
+def _observed_ranges(calibrated: bytes, model, calibration, on_sample, keep: dict | None = None) -> dict | None:
     """Min/max of every annotated float tensor of ``calibrated`` over the calibration samples,
-    by tensor index; ``None`` when one of them cannot be read (then the calibrator decides)."""
+    by tensor index; ``None`` when one of them cannot be read (then the calibrator decides).
+    ``keep``: filled with a subsample of each tensor's values (``KEEP_VALUES`` in all)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     flat = read_flatbuffer(calibrated)
@@ -131,6 +139,11 @@ def _observed_ranges(calibrated: bytes, model, calibration, on_sample) -> dict |
             if v.size:
                 lo[i] = min(lo[i], float(v.min()))
                 hi[i] = max(hi[i], float(v.max()))
+                if keep is not None:  # random positions: a stride would alias with the channels
+                    flat = v.ravel()
+                    take = max(1, KEEP_VALUES // max(1, len(calibration)))
+                    picks = np.random.default_rng([i, len(keep.get(i, []))]).integers(0, flat.size, min(take, flat.size))
+                    keep.setdefault(i, []).append(flat[picks].astype(np.float32))
         on_sample(1)
     if any(not np.isfinite(lo[i]) or not np.isfinite(hi[i]) for i in wanted):
         return None

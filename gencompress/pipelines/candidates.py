@@ -38,6 +38,9 @@ def tflite_candidates(session: Session) -> Candidates:
             for dense in (False, True):
                 label = "int8" + (", saturation-aware ranges" if sat else "") + (", per-tensor dense weights" if dense else "")
                 yield label, lambda floats, s=sat, d=dense: mixed.build(floats, dense_per_tensor=d, saturation_aware=s, int8_io=int8_io)
+        if not settled() and mixed.mse_calibrated() is not None:
+            label = "int8, ranges for the least error" + (", saturation-aware" if mixed.clamped else "")
+            yield label, lambda floats: mixed.build(floats, saturation_aware=True, mse=True, int8_io=int8_io)
         for kind, label in _transformed_forms(session, settled):
             form = transformed(session, kind)
             form_mixed = tflite_calibrated(session, form)

@@ -112,6 +112,20 @@ def test_input_activations_walk_back_through_data_movement():
     assert input_activations(ops, keys) == {}
 
 
+def test_the_first_layer_takes_the_data_movement_from_the_model_input():
+    """Model input -> Reshape -> Pad -> Conv: keeping the conv float must keep the reshape and
+    pad float too, or the input is rounded to int8 on its way (a DCGAN's first sub-pixel conv
+    kept float: 35.2 dB in TFLite with them int8, 38.2 dB in onnxruntime)."""
+    ops = [
+        ("RESHAPE", ["z", "shape"], ["a"]),
+        ("PAD", ["a", "p"], ["b"]),
+        ("CONV_2D", ["b", "w0"], ["c"]),
+        ("CONV_2D", ["z2", "w1"], ["d"]),  # straight from an input: nothing to add
+    ]
+    keys = ["reshape", "pad", "conv0", "conv1"]
+    assert input_activations(ops, keys) == {"conv0": ["pad", "reshape"]}
+
+
 def test_saturation_bounds_reach_logits_through_the_shuffle():
     ops = [
         ("CONV_2D", ["x", "w"], ["logits"]),

@@ -119,13 +119,26 @@ def onnx_candidates(session: Session) -> Candidates:
     def variant(method, ranges, model=None):
         return lambda floats: quantize_onnx_calibrated(session, "int8", method, [u.name for u in floats], ranges, model=model)
 
-    def same_size(settled):
-        yield "int8", variant(first, None)
-        for method in [first] + [m for m in ("percentile", "entropy") if m != first]:
+    def methods(settled, which):
+        for method in which:
             if (settled() and method != first) or (method == first and not overrides):
                 continue
             label = "int8" + ("" if method == first else f", {method} calibration") + (", saturation-aware ranges" if overrides else "")
             yield label, variant(method, overrides or None)
+
+    def same_size(settled):
+        yield "int8", variant(first, None)
+        yield from methods(settled, [first])
+        # With transposed convolutions (run in float by onnxruntime: the plain form is slow
+        # whatever its calibration) the sub-pixel form comes before the other calibrations,
+        # which cost a histogram pass each (50 s on a 128x128 codec decoder).
+        if transformed(session, "subpixel") is None:
+            yield from methods(settled, [m for m in ("percentile", "entropy") if m != first])
+        yield from forms(settled)
+        if transformed(session, "subpixel") is not None:
+            yield from methods(settled, [m for m in ("percentile", "entropy") if m != first])
+
+    def forms(settled):
         for kind, label in _transformed_forms(session, settled):
             form = transformed(session, kind)
             form_float = float_onnx(session, form)

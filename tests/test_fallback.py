@@ -25,7 +25,7 @@ def _report(path):
 
 
 def test_guard_rescues_a_collapsing_model(collapsing_h5, tmp_path):
-    result = CliRunner().invoke(cli, ["quantize", str(collapsing_h5), "-o", str(tmp_path), *FAST])
+    result = CliRunner().invoke(cli, ["quantize", str(collapsing_h5), "-o", str(tmp_path), "--method", "ptq", *FAST])
     assert result.exit_code == 0, result.output
     for a in _report(tmp_path)["artifacts"]:
         if a["precision"] == "float32":
@@ -42,7 +42,7 @@ def test_guard_rescues_a_collapsing_model(collapsing_h5, tmp_path):
                 assert (t["compute"] == "float") == (t["float_macs_share"] >= 0.5), t
         assert any(t["precision"] == "mixed" and t["compute"] == "float" and t["float_macs_share"] > 0.8 for t in fb["attempts"])
         # the pick is the smallest passing attempt of the fastest class that passes
-        classes = ["int8", "mixed", "float", "slow"]
+        classes = ["int8", "mixed", "float", "dequant", "slow"]
         passing = [t for t in fb["attempts"] if t["passed"]]
         fastest = min(classes.index(t["compute"]) for t in passing)
         assert fb["compute"] == classes[fastest]
@@ -53,7 +53,7 @@ def test_guard_rescues_a_collapsing_model(collapsing_h5, tmp_path):
 
 
 def test_target_out_of_reach_exits_3_and_keeps_the_best(collapsing_h5, tmp_path):
-    args = ["quantize", str(collapsing_h5), "-o", str(tmp_path), "--format", "tflite", "--min-psnr", "150", *FAST]
+    args = ["quantize", str(collapsing_h5), "-o", str(tmp_path), "--format", "tflite", "--min-psnr", "150", "--method", "ptq", *FAST]
     result = subprocess.run([sys.executable, "-m", "gencompress", *args], capture_output=True, text=True, timeout=300)
     assert result.returncode == 3, result.stderr
     assert "below --min-psnr 150" in result.stderr and "most sensitive:" in result.stderr
@@ -209,7 +209,7 @@ def test_selection_rules():
     near_better = a("int8, saturation-aware", 1005, 40.0, True)
     bigger = a("mixed", 1300, 50.0, True, "mixed")
     failing = a("int8, other", 900, 20.0, False)
-    weights = a("weight-only int8", 1100, 45.0, True, "float")
+    weights = a("weight-only int8", 1100, 45.0, True, "dequant")
     # within a class: smallest passing; within 1 % of it the best PSNR wins (deterministic)
     assert choose([small, near_better, bigger, failing])[0] is near_better
     # speed first: a full-int8 pick beats a smaller float-compute one; size takes the smallest
@@ -343,7 +343,7 @@ def test_one_calibration_per_format_and_method(collapsing_h5, tmp_path):
     import gencompress as gc
 
     stream = StringIO()
-    config = gc.QuantizeConfig(eval_samples=8, latency_runs=3, min_psnr=30.0, calibration_method="minmax")
+    config = gc.QuantizeConfig(eval_samples=8, latency_runs=3, min_psnr=30.0, calibration_method="minmax", method="ptq")
     result = gc.quantize(gc.load_model(collapsing_h5), config, gc.Calibration.noise(16), gc.Progress(stream, bars=False))
     result.save(tmp_path)
     log = stream.getvalue()

@@ -55,7 +55,7 @@ def _save(result, folder) -> Path:
 def quantized_html(dcgan, tmp_path_factory):
     import gencompress as gc
 
-    result = gc.quantize(dcgan, gc.QuantizeConfig(eval_samples=8, latency_runs=5, min_psnr=40.0), gc.Calibration.noise(32))
+    result = gc.quantize(dcgan, gc.QuantizeConfig(eval_samples=8, latency_runs=5, min_psnr=40.0, method="ptq"), gc.Calibration.noise(32))
     return _save(result, tmp_path_factory.mktemp("quantized")), result
 
 

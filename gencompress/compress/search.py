@@ -62,7 +62,7 @@ MIN_GAIN_DB = 0.3
 # may give up against the best same-size attempt and still be preferred (see ``mixed_base``).
 TRANSFORMED_BASE_MARGIN_DB = 3.0
 # Compute classes, fastest first (see ``compute_class``).
-SPEED_CLASSES = ("int8", "mixed", "float", "slow")
+SPEED_CLASSES = ("int8", "mixed", "float", "dequant", "slow")
 # A "mixed" attempt whose units kept float do at least this share of the model's multiply-
 # accumulates computes in float in all but name: classed ``float``. A VAE decoder's mixed pick
 # kept 14 units float in sub-pixel form: 169 % of the float file's size, 0.49x its speed in ONNX.
@@ -213,12 +213,16 @@ class Measurer:
 def compute_class(precision: str, float_units, slow_ops: set, float_share: float = 0.0) -> str:
     """How an attempt computes, from its graph: ``int8`` (every unit int8 on the fast path),
     ``mixed`` (some units float, all on the fast path, doing under ``FLOAT_MACS_SHARE`` of the
-    work), ``float`` (float compute: weight-only int8, float16, or units kept float doing most
-    of the work) or ``slow`` (ops on reference kernels: int16 activations, an int8 op the fast
-    path does not take)."""
+    work), ``float`` (float compute: float16, or units kept float doing most of the work),
+    ``dequant`` (weight-only int8: float compute after turning the int8 weights into float on
+    every call, slower than float: 0.86x on a six-block DCGAN in LiteRT, where its float16 file
+    ran 1.8x) or ``slow`` (ops on reference kernels: int16 activations, an int8 op the fast path
+    does not take)."""
     if precision == "int16x8" or slow_ops:
         return "slow"
-    if precision in ("int8-weights", "float16") or float_share >= FLOAT_MACS_SHARE:
+    if precision == "int8-weights":
+        return "dequant"
+    if precision == "float16" or float_share >= FLOAT_MACS_SHARE:
         return "float"
     return "mixed" if float_units else "int8"
 

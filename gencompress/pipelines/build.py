@@ -103,6 +103,7 @@ def _searched(session: Session, fmt: str, target: float):
     if chosen.slower_than_float:
         why = {
             "float": "it computes in float (no faster variant met the target)",
+            "dequant": "it turns its int8 weights into float on every call (no faster variant met the target)",
             "slow": "it runs ops on reference kernels (no faster variant met the target)",
         }.get(chosen.compute, "measured; its graph runs every op on the fast path")
         notes.append(f"slower than float ({chosen.p50_ms:.3f} vs {float_p50:.3f} ms p50): {why}")

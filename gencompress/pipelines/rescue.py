@@ -122,7 +122,8 @@ def speed_notes(artifacts, target: float, shipped) -> list[str]:
         qat = [a.fidelity.psnr_db for a in artifacts if a.format == fmt and a.variant == "qat" and a.fidelity.psnr_db is not None]
         best = ", ".join(part for part in (
             f"best full int8 {max(tries):.1f} dB" if tries else "", f"QAT int8 {max(qat):.1f} dB" if qat else "") if part)
-        what = {"float": "computes in float", "slow": "runs reference kernels"}.get(compute_of(ship), f"is {compute_of(ship)}")
+        what = {"float": "computes in float", "dequant": "computes in float from int8 weights", "slow": "runs reference kernels"}.get(
+            compute_of(ship), f"is {compute_of(ship)}")
         met = "meets" if ship.fidelity.psnr_db is not None and ship.fidelity.psnr_db >= target else "misses"
         notes.append(f"{fmt}: nothing met {target:g} dB at int8 speed ({best or 'no full-int8 attempt'}); "
                      f"shipped {ship.name}, which {met} it and {what}")

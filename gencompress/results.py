@@ -85,6 +85,7 @@ class SearchRecord(_Model):
     latency_cost_ms: float
     attempts: list[SearchAttempt]
     most_harmful_units: list[HarmfulUnit] = Field(default_factory=list)
+    failed_attempts: list[str] = Field(default_factory=list)  # not built, or the runtime failed to run them (never picked)
 
 
 class RuntimeNode(_Model):

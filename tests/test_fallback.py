@@ -263,7 +263,8 @@ def test_mixed_search_restores_the_unit_that_matters_given_the_others():
 
     candidates = Candidates("tflite", units, lambda settled: iter([("int8", variant)]), lambda: b"w", [])
     measure = Measure()
-    chosen, attempts, ranking, rule = search(candidates, measure)
+    chosen, attempts, ranking, rule, failed = search(candidates, measure)
+    assert failed == []
     assert chosen.passed and [u.name for u in chosen.float_units] == ["first"]
     assert ranking[0]["unit"].name == "first" and rule.startswith("speed")
     assert not any(c.startswith("only") for c in measure.calls)  # the gain ranked: no isolated pass needed
@@ -372,3 +373,30 @@ def test_units_are_screened_on_the_samples_the_base_gets_most_wrong(tmp_path):
     m.screen_on_hardest(outputs)
     assert m.screen_indices == [2, 7]
     assert held.pick(m.screen_indices).arrays["z"][:, 0].tolist() == [2.0, 7.0]
+
+
+def test_an_int8_attempt_the_runtime_cannot_run_is_recorded_and_never_shipped(keras, tmp_path):
+    """A CycleGAN's instance normalization over a channel that is zero everywhere: its variance
+    is 0, the int8 divisor rounds to the zero point and LiteRT's DIV refuses to run ('data[i] !=
+    zero_point'): a traceback, exit 1. Such an attempt is now a failed attempt in the record and
+    the search goes on."""
+    from gencompress.loading.community_layers import community_objects
+
+    x = keras.Input((8, 8, 3), name="x")
+    y = keras.layers.Conv2D(4, 3, padding="same", name="c")(x)
+    config = {"name": "norm", "axis": -1, "epsilon": 1e-3, "center": True, "scale": True}
+    config.update({f"{w}_{k}": None for w in ("beta", "gamma") for k in ("initializer", "regularizer", "constraint")})
+    norm = community_objects()["InstanceNormalization"].from_config(config)
+    model = keras.Model(x, keras.layers.Conv2D(3, 1, name="out")(norm(y)))
+    w, b = model.get_layer("c").get_weights()
+    w[..., 0], b[0] = 0.0, 0.0  # a dead channel
+    w[..., 1:] *= 30.0
+    model.get_layer("c").set_weights([w, b])
+    model.save(tmp_path / "dead.h5")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["quantize", str(tmp_path / "dead.h5"), "-o", str(out), "--format", "tflite", "--method", "ptq", *FAST])
+    assert result.exit_code in (0, 3), result.output
+    artifact = next(a for a in _report(out)["artifacts"] if a["precision"] != "float32")
+    failed = artifact["fallback"]["failed_attempts"]
+    assert failed and failed[0].startswith("int8: LiteRT failed to run it") and "DIV" in failed[0]
+    assert artifact["fidelity"]["psnr_db"] is not None and artifact["fallback"]["chosen"] != "int8"

@@ -265,6 +265,7 @@ class _Search:
     def __init__(self, candidates: Candidates, measure: Measurer, log, prefer: str = "speed"):
         self.c, self.measure, self.log, self.prefer = candidates, measure, log, prefer
         self.attempts: list[Attempt] = []
+        self.failed: list[str] = []  # attempts not built, or that the runtime failed to run
 
     def settled(self) -> bool:
         """Nothing later can win: later stages add size, or give up speed. With ``prefer="speed"``
@@ -277,8 +278,9 @@ class _Search:
         """Build and measure one candidate. ``variant(floats)`` rebuilds it with units kept float."""
         try:
             a = self.measure(label, precision, build(), float_units)
-        except ConversionError as exc:
+        except ConversionError as exc:  # not built, or the runtime failed to run it
             self.log(f"  {self.c.fmt} {label}: failed ({exc})")
+            self.failed.append(f"{label}: {exc}")
             return None
         a.variant = variant
         if self.c.float_units is not None and precision == "mixed":
@@ -401,7 +403,8 @@ class _Search:
 
 def search(candidates: Candidates, measure: Measurer, log=lambda msg: None, prefer: str = "speed"):
     """The best artifact meeting ``measure.min_psnr`` (see the module docstring).
-    Returns ``(chosen, attempts, ranking, rule)``."""
+    Returns ``(chosen, attempts, ranking, rule, failed)``: ``failed`` names the attempts that
+    could not be built or that the runtime failed to run (never picked)."""
     s = _Search(candidates, measure, log, prefer)
     for label, variant in candidates.same_size(s.settled):  # 1. same-size int8 variants
         s.try_variant(label, variant)
@@ -418,12 +421,12 @@ def search(candidates: Candidates, measure: Measurer, log=lambda msg: None, pref
         for label, precision, build in candidates.wider:
             s.attempt(label, precision, build)
     if not s.attempts:
-        raise ConversionError(f"no {candidates.fmt} quantization could be built")
+        raise ConversionError(f"no {candidates.fmt} quantization could be built or run" + (f": {s.failed[0]}" if s.failed else ""))
     chosen, rule = choose(s.attempts, prefer, candidates.float_size)
     faster = s.faster(chosen)
     if faster is not chosen:
         chosen, rule = faster, rule + "; then its slow op types kept float"
-    return chosen, s.attempts, ranking, rule
+    return chosen, s.attempts, ranking, rule, s.failed
 
 
 def rank_units(units, denied_by_type, build_mixed, measure, all_but: bool = True, screen: bool = False, only: bool = True) -> list[dict]:

@@ -50,7 +50,10 @@ class TFLiteRunner:
 
     def run(self, sample: dict[str, np.ndarray]) -> list[np.ndarray]:
         self.set_inputs(sample)
-        self.interpreter.invoke()
+        try:
+            self.interpreter.invoke()
+        except RuntimeError as exc:  # a kernel's check failed on these inputs
+            raise ConversionError(f"LiteRT failed to run it: {error_summary(exc)}") from exc
         return [_dequantize(self.interpreter.get_tensor(d["index"]), d) for d in self.outputs]
 
     def run_all(self, data, on_sample=None) -> list[np.ndarray]:
@@ -123,7 +126,11 @@ class OnnxRunner:
         self.session.run(None, self._feed)
 
     def run(self, sample: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return [np.asarray(o, dtype=np.float32) for o in self.session.run(None, {n: sample[n] for n in self.input_names})]
+        try:
+            outputs = self.session.run(None, {n: sample[n] for n in self.input_names})
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ConversionError(f"onnxruntime failed to run it: {str(exc).splitlines()[0][:400]}") from exc
+        return [np.asarray(o, dtype=np.float32) for o in outputs]
 
     def run_all(self, data, on_sample=None, batch: int = 8) -> list[np.ndarray]:
         """Outputs for every sample of a ``CalibrationSet`` in batches of ``batch``;

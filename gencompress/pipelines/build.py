@@ -96,7 +96,7 @@ def _searched(session: Session, fmt: str, target: float):
         float_p50=float_p50, min_psnr=target, workdir=session.workdir, progress=session.progress,
         screen_samples=FAST_SCREEN_SAMPLES if session.config.fast else SCREEN_SAMPLES, min_worst=worst,
     )
-    chosen, attempts, ranking, rule = search(candidates, measure, session.progress.log, prefer=session.config.prefer)
+    chosen, attempts, ranking, rule, failed = search(candidates, measure, session.progress.log, prefer=session.config.prefer)
     notes = []
     if chosen.label != "int8":
         notes.append(f"chosen by the fidelity search: {chosen.label}")
@@ -121,6 +121,7 @@ def _searched(session: Session, fmt: str, target: float):
         size_cost_bytes=chosen.size_bytes - plain.size_bytes,
         latency_cost_ms=round(chosen.p50_ms - plain.p50_ms, 4),
         attempts=[a.summary() for a in attempts],
+        failed_attempts=failed,
         most_harmful_units=[
             {"label": r["unit"].label, "only_quantized_psnr_db": r["only_quantized_psnr_db"], "all_but_psnr_db": r["all_but_psnr_db"]}
             for r in ranking

@@ -208,3 +208,21 @@ def test_a_mixed_attempt_that_is_float_in_all_but_name_is_classed_float_and_neve
         assert artifact.passed and artifact.size_bytes <= floats[artifact.format].size_bytes
         assert fb.compute in ("float", "dequant") and artifact.compute == fb.compute
         assert artifact.precision in ("int8-weights", "float16"), fb.chosen
+
+
+def test_a_form_a_model_does_not_allow_is_skipped_not_fatal(keras, tmp_path):
+    """A functional model nested in the model (flat_copy refuses it) used to end the run in a
+    traceback when the sub-pixel form was made (a face super-resolution generator, exit 1); an
+    optional form that cannot be made is now skipped with a line in the log."""
+    from gencompress.pipelines.forms import transformed
+
+    inner_in = keras.Input((4, 4, 8))
+    inner = keras.Model(inner_in, keras.layers.Conv2DTranspose(4, 3, 2, padding="same", name="up")(inner_in), name="body")
+    x = keras.Input((4, 4, 8), name="x")
+    model = keras.Model(x, keras.layers.Activation("tanh", name="image")(inner(x)))
+    model.save(tmp_path / "nested.h5")
+    session = make_session(load_model(tmp_path / "nested.h5"), 8, 4)
+    logged = []
+    session.progress.log = logged.append
+    assert transformed(session, "subpixel") is None
+    assert any("subpixel form could not be made" in line and "nested functional" in line for line in logged), logged

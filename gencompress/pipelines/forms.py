@@ -84,40 +84,21 @@ def _transform(session: Session, kind: str):
     import numpy as np
 
     from gencompress.compress import subpixel
-    from gencompress.compress.batchnorm import fold_batchnorm
-    from gencompress.model import flat_copy, iter_layers
 
     model = session.model
     if model.keras_model is None:
         return None
-    if kind.startswith("equalized"):
-        from gencompress.compress.equalize import equalize
+    from gencompress.errors import OutputError, ResourceError
 
-        source = int8_source(session).keras_model
-        with session.progress.phase("channels equalized across layers"):
-            new, rows = equalize(source, session.calibration.arrays)
-        if new is None:
-            return None
-        if kind == "equalized-subpixel":
-            new, _ = subpixel.subpixel_model(new)
-            if new is None:
-                return None
-        subpixel.keep_output_names(new, model.keras_model)
-    elif kind == "folded":
-        if not any(type(layer).__name__ in ("BatchNormalization", "SyncBatchNormalization") for layer in iter_layers(model.keras_model)):
-            return None
-        with session.progress.phase("BatchNorm folded into the layers before it"):
-            new, rows = fold_batchnorm(flat_copy(model.keras_model))
-        if not any(r["folded"] for r in rows):
-            return None
-        subpixel.keep_output_names(new, model.keras_model)
-    else:
-        if not subpixel.has_conv_transposes(model.keras_model):
-            return None
-        with session.progress.phase("transposed convolutions in sub-pixel form"):
-            new, rows = subpixel.subpixel_model(model.keras_model)
-        if new is None:
-            return None
+    try:
+        new = _make_form(session, kind)
+    except (MemoryError, ResourceError, OutputError):
+        raise  # the machine, not the model
+    except Exception as exc:  # noqa: BLE001 - an optional form a model does not allow: skipped, said
+        session.progress.log(f"  {kind} form could not be made ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}): not used")
+        return None
+    if new is None:
+        return None
     held = session.evaluation.take(8)
     x = [held.arrays[n] for n in model.input_names]
     out = new(x if len(x) > 1 else x[0], training=False)
@@ -128,6 +109,37 @@ def _transform(session: Session, kind: str):
         session.progress.log(f"  {kind} form differs from the model by {error:.3g}: not used")
         return None
     return dataclasses.replace(model, keras_model=new)
+
+
+def _make_form(session: Session, kind: str):
+    """The tf-keras model of form ``kind`` (see ``transformed``), or ``None`` when it would change nothing."""
+    from gencompress.compress import subpixel
+    from gencompress.compress.batchnorm import fold_batchnorm
+    from gencompress.model import flat_copy, iter_layers
+
+    model = session.model
+    if kind.startswith("equalized"):
+        from gencompress.compress.equalize import equalize
+
+        with session.progress.phase("channels equalized across layers"):
+            new, _ = equalize(int8_source(session).keras_model, session.calibration.arrays)
+        if new is not None and kind == "equalized-subpixel":
+            new, _ = subpixel.subpixel_model(new)
+    elif kind == "folded":
+        if not any(type(layer).__name__ in ("BatchNormalization", "SyncBatchNormalization") for layer in iter_layers(model.keras_model)):
+            return None
+        with session.progress.phase("BatchNorm folded into the layers before it"):
+            new, rows = fold_batchnorm(flat_copy(model.keras_model))
+        if not any(r["folded"] for r in rows):
+            return None
+    else:
+        if not subpixel.has_conv_transposes(model.keras_model):
+            return None
+        with session.progress.phase("transposed convolutions in sub-pixel form"):
+            new, _ = subpixel.subpixel_model(model.keras_model)
+    if new is not None:
+        subpixel.keep_output_names(new, model.keras_model)
+    return new
 
 
 def layer_macs(model) -> dict:

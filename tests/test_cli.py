@@ -35,7 +35,7 @@ def test_quantize_writes_artifacts_and_full_report(dcgan_h5, tmp_path):
     assert (tmp_path / "report.md").read_text().startswith("# gencompress quantize report")
     assert report["model"]["params"] > 0 and report["model"]["output_range"] == [-1.0, 1.0]
     assert report["model"]["inputs"][0]["name"] == "z"
-    assert report["evaluation"] == {"source": "noise", "samples": 8, "seed": 0}
+    assert report["evaluation"] == {"source": "noise", "samples": 8, "seed": 0, "tail_samples": 2}
     kinds = [(a["format"], a["precision"]) for a in report["artifacts"]]
     assert kinds == [("tflite", "float32"), ("tflite", "int8"), ("onnx", "float32"), ("onnx", "int8")]
     for a in report["artifacts"]:

@@ -11,11 +11,12 @@ from click.testing import CliRunner
 
 from gencompress.cli import cli
 
-from real_generators import REAL, load_args, manifest, output_values
+from real_generators import REAL, corpus, load_args, manifest, output_values
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not REAL.is_dir(), reason=f"real generators not present at {REAL}")]
 
 ENTRIES = manifest()
+BATCH2 = [e for e in corpus() if e["batch"] == 2]
 # The seven with the smallest outputs (28×28 to 64×64): a full default quantize each in CI.
 CHEAPER_HALF = sorted(ENTRIES, key=lambda e: (output_values(e), e["file"]))[: len(ENTRIES) // 2]
 
@@ -60,3 +61,20 @@ def test_quantize_end_to_end(entry, tmp_path):
         assert "below --min-psnr 30" in result.output
     else:
         assert all(a["passed"] for a in quantized)
+
+
+@pytest.mark.parametrize("entry", BATCH2, ids=lambda e: e["file"])
+def test_batch2_exports_or_says_why_not_in_one_line(entry, tmp_path):
+    """The second batch (see its README): each either exports float TFLite and ONNX equal to
+    Keras, or gets one clear line and a documented exit code (2: a custom layer whose code is
+    not in the file; 4: a converter cannot convert it), never a traceback."""
+    out = tmp_path / "out"
+    result = _cli("export", entry["path"], "-o", out, *load_args(entry, tmp_path), "--calibration-samples", 1, "--eval-samples", 2,
+                  "--latency-runs", 1)
+    if result.exit_code == 0:
+        for a in _report(out)["artifacts"]:
+            assert a["precision"] == "float32" and a["fidelity"]["psnr_db"] >= 80.0, a
+        return
+    assert result.exit_code in (2, 4), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output and result.output.count("gencompress: error:") == 1, result.output

@@ -89,7 +89,7 @@ def test_qdq_carried_through_data_movement():
     ]
     pads = numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [scale, zero, pads])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 6, 6])], [scale, zero, pads])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert propagate_qdq(proto) == 1  # after the pad, before the Relu (the d2s feeds only the pad)
     ops = [n.op_type for n in proto.graph.node]

@@ -59,7 +59,8 @@ def test_report_and_table_show_the_worst_sample_and_the_gate_aims_at_it(dcgan_h5
     """`--min-psnr-worst` is a gate and the search's target: set past what any int8 attempt's
     worst sample reaches, the search goes on to an attempt whose worst sample does."""
     out = tmp_path / "out"
-    args = ["quantize", str(dcgan_h5), "-o", str(out), "--calibration-samples", "32", "--eval-samples", "16", "--latency-runs", "3"]
+    args = ["quantize", str(dcgan_h5), "-o", str(out), "--calibration-samples", "32", "--eval-samples", "16", "--latency-runs", "3",
+            "--method", "ptq"]  # the post-training search; the QAT rescue after it is tests/test_rescue.py
     plain = CliRunner().invoke(cli, args)
     assert plain.exit_code == 0, plain.output
     assert "worst dB" in plain.output

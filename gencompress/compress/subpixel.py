@@ -185,7 +185,11 @@ class _Rebuild:
         if act is not None:
             y = type(act).from_config(act.get_config())(y)
         if s > 1:  # stride 1: the flipped-kernel convolution alone
-            y = tf.nn.depth_to_space(y, s, name=f"{conv.name}_shuffle")
+            y = tf.nn.depth_to_space(y, s)
+            # Keras names the op's layer from a process-wide counter (tf.nn.depth_to_space_3 in
+            # the third form built): the artifact's node names, and its bytes, then depended on
+            # what ran before in the process. A name of its own keeps them the same.
+            y._keras_history.layer._name = self._name(f"{conv.name}_shuffle")
         (top, height), (left, width) = _crop(h, kh, s, mh, c["padding"]), _crop(w, kw, s, mw, c["padding"])
         full_h, full_w = (h + mh - 1) * s, (w + mw - 1) * s
         crop = ((top, full_h - top - height), (left, full_w - left - width))

@@ -155,7 +155,7 @@ def propagate_qdq(proto) -> int:
             continue
         out = n.output[0]
         users = [c for c in consumers.get(out, []) if c.op_type != "QuantizeLinear"]
-        if not users or out in outputs:
+        if out in outputs or all(c.op_type in _PASS_THROUGH for c in users):
             quantized[out] = dq  # carried on: a chain of data movement keeps the grid
             continue
         scale, zero = dq.input[1], dq.input[2] if len(dq.input) > 2 else ""

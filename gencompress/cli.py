@@ -332,6 +332,10 @@ def _run(command: str, model_path, output_dir, trust_code, custom_objects, confi
     from gencompress.results import RecipeRecord
 
     output = _output(model_path, output_dir)
+    if getattr(config, "browser", False):  # what --browser lacks, in one line, before loading
+        from gencompress.converters.browser_setup import check
+
+        check()
     model = _load_model(model_path, trust_code, custom_objects)
     out = output["out"]
     recipe = recipes.from_command(command, config, calibration, model_path, out, trust_code, custom_objects, student_path)

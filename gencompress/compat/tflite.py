@@ -51,3 +51,12 @@ def builtin_op_name(model, code) -> str:
 
     value = max(code.builtinCode, code.deprecatedBuiltinCode)
     return next((k for k, v in vars(schema.BuiltinOperator).items() if v == value), str(value))
+
+
+def tensor_map(name: str, index: int):
+    """A signature's entry naming tensor ``index`` (the schema's ``TensorMapT``)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    entry = schema.TensorMapT()
+    entry.name, entry.tensorIndex = name, index
+    return entry

@@ -107,7 +107,7 @@ def demo_files(report: Report, chosen: ArtifactResult, data: bytes) -> dict[str,
     config = page_config(report, chosen, model_file)
     files["index.html"] = _page(report, chosen, config, note).encode()
     files["NOTICE.txt"] = _notice(chosen.format).encode()
-    files[MANIFEST] = json.dumps({"artifact": chosen.name, "files": sorted(files) + [MANIFEST], **config}, indent=2, sort_keys=True).encode()
+    files[MANIFEST] = json.dumps({"artifact": chosen.name, "files": sorted([*files, MANIFEST]), **config}, indent=2, sort_keys=True).encode()
     return files
 
 

@@ -74,7 +74,8 @@
       return {outputs: parts[0].map((first, o) => {
         const all = new first.data.constructor(first.data.length * count);
         parts.forEach((p, s) => all.set(p[o].data, s * first.data.length));
-        return {b64: encode(all), dtype: dtypeOf(all), shape: [count].concat(first.shape.slice(1))};
+        // one sample: the tensor's own shape (a debug copy exposes scalars and 1-D tensors too)
+        return {b64: encode(all), dtype: dtypeOf(all), shape: count === 1 ? first.shape : [count].concat(first.shape.slice(1))};
       })};
     },
 

@@ -74,6 +74,12 @@ def test_browser_figures_in_every_report_and_the_gates(sample_run):
         [(n, "max_latency_ms") for n in quantized] + [(n, "min_psnr") for n in quantized if n.endswith(".onnx")])
     assert all(c["passed"] and c["measured"] is not None for c in checks)
     assert report["gates"]["limits"]["browser-onnx"] == {"max_latency_ms": 10000.0, "min_psnr": 30.0}
+    # a browser latency gate: the gated artifacts and their float32 references timed again in the
+    # page, in interleaved rounds
+    from gencompress.pipelines.gates import GATE_ROUND_RUNS, GATE_ROUNDS
+
+    assert report["gates"]["latency_rounds"] == GATE_ROUNDS
+    assert all(a["browser"]["latency_ms"]["runs"] == GATE_ROUNDS * GATE_ROUND_RUNS for a in report["artifacts"])
     md = (folder / "report.md").read_text()
     assert "## In the browser" in md and "onnxruntime-web 1.31.1" in md and "LiteRT.js 2.5.3" in md
     html = (folder / "report.html").read_text()

@@ -114,18 +114,20 @@ class BrowserSession:
         return url
 
     def page(self, fmt: str, threads: int = 1) -> "RuntimePage":
+        """The page of ``fmt``'s runtime with ``threads`` threads (a new one after a crash)."""
         key = (fmt, threads)
-        if key not in self._pages:
+        if key not in self._pages or self._pages[key].crashed:
             self._pages[key] = RuntimePage(self, fmt, threads)
         return self._pages[key]
 
     def close(self) -> None:
-        try:
-            self._browser.close()
-        finally:
-            self._playwright.stop()
-            self._server.shutdown()
-            self._server.server_close()
+        """Chromium, Playwright's driver and the server, each whatever the others do (after a
+        Ctrl-C the driver may be gone already)."""
+        for step in (self._browser.close, self._playwright.stop, self._server.shutdown, self._server.server_close):
+            try:
+                step()
+            except Exception:  # noqa: BLE001 (closing: nothing left to report to)
+                pass
 
     def __enter__(self):
         return self
@@ -143,6 +145,8 @@ class RuntimePage:
         context = session._browser.new_context()
         context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(session.origin + "/") else route.abort())
         self.page = context.new_page()
+        self.crashed = False
+        self.page.on("crash", lambda _: setattr(self, "crashed", True))
         self.console: list[str] = []
         self.page.on("console", lambda m: self.console.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.console.append(str(e)))
@@ -166,10 +170,21 @@ class RuntimePage:
                 note = ("LiteRT.js runs static shapes only (its CompiledModel refuses a [-1, ...] input): measured a copy "
                         "with the batch dimension fixed to 1 (same ops and weights)")
         model_id = f"m{next(self.session._ids)}"
-        loaded = self.page.evaluate("([i, u]) => gc.load(i, u)", [model_id, self.session.serve(path)])
+        loaded = self.evaluate("([i, u]) => gc.load(i, u)", [model_id, self.session.serve(path)])
         if "error" in loaded:
             raise BrowserLoadError(loaded["error"] or (self.console[-1] if self.console else "unknown error"))
         return BrowserRunner(self, model_id, path, input_names, output_names, loaded, note)
+
+    def evaluate(self, script: str, arg):
+        """``page.evaluate``; the page dying under it (out of memory, a crash of the runtime) is
+        the artifact's ``BrowserLoadError``, and the next ``BrowserSession.page`` opens a new page."""
+        from playwright.sync_api import Error
+
+        try:
+            return self.page.evaluate(script, arg)
+        except Error as exc:
+            self.crashed = True
+            raise BrowserLoadError(f"the page failed: {str(exc).splitlines()[0][:300]}") from exc
 
 
 class BrowserRunner:
@@ -214,7 +229,7 @@ class BrowserRunner:
         return [a.astype(np.float32) for a in arrays]
 
     def _call(self, method: str, *args):
-        got = self.page.page.evaluate(f"(a) => gc.{method}(...a)", [self.model_id, *args])
+        got = self.page.evaluate(f"(a) => gc.{method}(...a)", [self.model_id, *args])
         if "error" in got:
             raise BrowserLoadError(got["error"])
         return got
@@ -240,7 +255,7 @@ class BrowserRunner:
         return self._call("time", self._inputs(sample), warmup, runs, max_seconds, min_runs)["times"]
 
     def close(self) -> None:
-        self.page.page.evaluate("(i) => gc.close(i)", self.model_id)
+        self.page.evaluate("(i) => gc.close(i)", self.model_id)
 
 
 def _position(name: str, names: list[str], i: int, fmt: str) -> int:

@@ -34,11 +34,10 @@ def measure_in_browser(session, gated: list[ArtifactResult]) -> dict[str, float]
     try:
         runners = {}
         for fmt in dict.fromkeys(a.format for a in session.artifacts):
-            page = browser.page(fmt)
             for a in [a for a in session.artifacts if a.format == fmt]:
-                a.browser, runners[a.name] = _measure(session, browser, page, a)
+                a.browser, runners[a.name] = _measure(session, browser, browser.page(fmt), a)  # a new page after a crash
                 a.notes = a.notes + _notes(a)
-            _threaded(session, browser, page, [a for a in session.artifacts if a.format == fmt and a.browser.loaded])
+            _threaded(session, browser, browser.page(fmt), [a for a in session.artifacts if a.format == fmt and a.browser.loaded])
         return _retime(session, gated, runners) if gated else None
     finally:
         browser.close()
@@ -97,8 +96,8 @@ def _threaded(session, browser: BrowserSession, single, artifacts: list[Artifact
             a.browser.notes.append(f"no threaded figures: the page sees {cores} core(s)"
                                    + ("" if single.info.get("isolated") else " and is not cross-origin isolated"))
         return
-    page = browser.page(artifacts[0].format, threads)
     for a in artifacts:
+        page = browser.page(a.format, threads)
         a.browser.threads, a.browser.threads_build = threads, page.info.get("build")
         try:
             runner = page.runner(a.path, session.model.input_names, [t.name for t in session.model.outputs], session.workdir)

@@ -116,6 +116,37 @@ def test_litertjs_refuses_a_dynamic_batch_and_runs_the_batch1_copy(browser_ready
     assert got.shape == native.shape and np.max(np.abs(got - native)) < 1e-5
 
 
+def test_the_batch1_copy_keeps_weights_stored_after_the_flatbuffer(browser_ready, keras, tmp_path):
+    """ai-edge-quantizer writes a model with 256 KiB of weights or more with them after the
+    flatbuffer (``Buffer.offset``); TF's flatbuffer_utils cannot carry those over when it
+    re-serializes, and LiteRT.js then refused the copy ('invalid external buffer range'). The
+    batch is now fixed in place, every other byte kept."""
+    import gencompress as gc
+    from gencompress.compat.tflite import flatbuffer_object, has_external_buffers, shape_signature_views, write_flatbuffer
+    from gencompress.compress.quantization import tflite_weight_only
+    from gencompress.converters.browser import BrowserSession, static_batch_tflite
+    from gencompress.converters.runners import make_runner
+    from gencompress.converters.tflite import convert_tflite
+
+    keras.utils.set_random_seed(4)
+    z = keras.Input((64,), name="z")
+    x = keras.layers.Reshape((16, 16, 16))(keras.layers.Dense(16 * 16 * 16)(z))  # 262,144 weights
+    model = gc.from_keras(keras.Model(z, keras.layers.Conv2D(1, 3, padding="same", activation="tanh")(x)), name="wide")
+    data = tflite_weight_only(convert_tflite(model, "float32"))
+    assert has_external_buffers(flatbuffer_object(data))
+    assert len(write_flatbuffer(flatbuffer_object(data))) < len(data) // 2  # the rewrite drops them
+    fixed = static_batch_tflite(data)
+    dynamic = sum(int((v < 0).sum()) for v in shape_signature_views(bytearray(data)))
+    assert len(fixed) == len(data) and sum(a != b for a, b in zip(fixed, data)) == 4 * dynamic  # each int32 -1 became 1
+    path = tmp_path / "wide.tflite"
+    path.write_bytes(data)
+    sample = {"z": np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)}
+    outputs = [model.outputs[0].name]
+    with BrowserSession() as browser:
+        got = browser.page("tflite").runner(path, ["z"], outputs, tmp_path).run(sample)[0]
+    assert np.max(np.abs(got - make_runner(path, "tflite", ["z"], outputs).run(sample)[0])) < 1e-5
+
+
 def test_an_artifact_the_browser_cannot_load_is_said_everywhere(browser_ready, dcgan_h5, tmp_path):
     """LiteRT.js 2.5.3 has no int8 input tensors: an --int8-io .tflite does not load there. A
     browser gate on it fails (exit 3); the terminal, report.json and report.html say why."""

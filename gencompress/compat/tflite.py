@@ -60,3 +60,25 @@ def tensor_map(name: str, index: int):
     entry = schema.TensorMapT()
     entry.name, entry.tensorIndex = name, index
     return entry
+
+
+def shape_signature_views(data: bytearray):
+    """Every tensor's shape signature in the TFLite flatbuffer ``data`` as a numpy view into
+    ``data`` itself (the schema's generated reader over a bytearray): writing a view edits the
+    file in place, everything else byte for byte. Re-serializing (``write_flatbuffer``) would
+    drop the weights ai-edge-quantizer keeps after the flatbuffer (buffers with an ``offset``)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(data, 0)
+    for s in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(s)
+        for t in range(subgraph.TensorsLength()):
+            tensor = subgraph.Tensors(t)
+            if not tensor.ShapeSignatureIsNone():
+                yield tensor.ShapeSignatureAsNumpy()
+
+
+def has_external_buffers(model) -> bool:
+    """A read flatbuffer keeps some weights after the flatbuffer itself (``Buffer.offset``), which
+    ``write_flatbuffer`` cannot carry over."""
+    return any((getattr(b, "offset", 0) or 0) > 1 for b in model.buffers)

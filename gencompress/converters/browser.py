@@ -269,19 +269,18 @@ def _position(name: str, names: list[str], i: int, fmt: str) -> int:
 
 
 def static_batch_tflite(data: bytes) -> bytes | None:
-    """``data`` with every dynamic (-1) dimension of its tensors' shape signatures fixed to the
-    size the converter stored for it (1 for the batch), or ``None`` when nothing is dynamic."""
-    from gencompress.compat.tflite import flatbuffer_object, write_flatbuffer
+    """``data`` with every dynamic (-1) dimension of its tensors' shape signatures set to 1 (the
+    size the converter stored for the batch), or ``None`` when nothing is dynamic. Edited in
+    place: the rest of the file is byte for byte the artifact's."""
+    from gencompress.compat.tflite import shape_signature_views
 
-    model = flatbuffer_object(data)
+    edited = bytearray(data)
     changed = False
-    for subgraph in model.subgraphs:
-        for tensor in subgraph.tensors:
-            signature = tensor.shapeSignature
-            if signature is not None and len(signature) and any(int(d) < 0 for d in signature):
-                tensor.shapeSignature = None  # no signature: the shape is the static one
-                changed = True
-    return write_flatbuffer(model) if changed else None
+    for signature in shape_signature_views(edited):
+        if (signature < 0).any():
+            signature[signature < 0] = 1
+            changed = True
+    return bytes(edited) if changed else None
 
 
 @functools.cache

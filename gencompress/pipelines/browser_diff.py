@@ -24,6 +24,8 @@ def first_differing_op(session, page, a) -> str | None:
 
     data = Path(a.path).read_bytes()
     debug, tensors = (_onnx_exposed if a.format == "onnx" else _tflite_exposed)(data)
+    if debug is None:
+        return "not located: the file keeps weights after its flatbuffer (ai-edge-quantizer), which a copy with every tensor exposed cannot carry"
     if not tensors:
         return None
     path = session.workdir / f"{Path(a.path).stem}.every-tensor{Path(a.path).suffix}"
@@ -125,9 +127,11 @@ def _onnx_exposed(data: bytes):
 def _tflite_exposed(data: bytes):
     """The TFLite model with every op's output a model (and signature) output, keyed ``t<index>``,
     and those outputs in execution order."""
-    from gencompress.compat.tflite import builtin_op_name, flatbuffer_object, tensor_map, write_flatbuffer
+    from gencompress.compat.tflite import builtin_op_name, flatbuffer_object, has_external_buffers, tensor_map, write_flatbuffer
 
     model = flatbuffer_object(data)
+    if has_external_buffers(model):  # rewriting would lose the weights kept after the flatbuffer
+        return None, []
     subgraph = model.subgraphs[0]
     outputs = [int(i) for i in subgraph.outputs]
     tensors = []

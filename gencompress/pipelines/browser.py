@@ -82,9 +82,13 @@ def _differs(a: ArtifactResult, run: BrowserRun) -> bool:
 
 
 def _first_differing_op(session, page, a: ArtifactResult) -> str | None:
+    from gencompress.errors import GencompressError
     from gencompress.pipelines.browser_diff import first_differing_op
 
-    return first_differing_op(session, page, a)
+    try:
+        return first_differing_op(session, page, a)
+    except (GencompressError, RuntimeError, ValueError) as exc:  # a diagnosis that fails must not fail the run
+        return f"not located ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
 
 
 def _threaded(session, browser: BrowserSession, single, artifacts: list[ArtifactResult]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 
 def calibrate_only(converter) -> None:
     """Make ``converter.convert()`` return the float model with each tensor's recorded min/max
@@ -82,3 +84,20 @@ def has_external_buffers(model) -> bool:
     """A read flatbuffer keeps some weights after the flatbuffer itself (``Buffer.offset``), which
     ``write_flatbuffer`` cannot carry over."""
     return any((getattr(b, "offset", 0) or 0) > 1 for b in model.buffers)
+
+
+def constant_tensor(model, subgraph, values, tensor_type: int, name: str) -> int:
+    """Append a constant tensor holding ``values`` (a numpy array) to a read flatbuffer's
+    ``subgraph`` (and its buffer to ``model``); its index."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(np.ascontiguousarray(values).tobytes(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    tensor = schema.TensorT()
+    tensor.shape = np.asarray(values.shape, dtype=np.int32)
+    tensor.type = tensor_type
+    tensor.buffer = len(model.buffers) - 1
+    tensor.name = name.encode()
+    subgraph.tensors.append(tensor)
+    return len(subgraph.tensors) - 1

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from gencompress.converters import browser_setup as setup
+from gencompress.converters.litertjs import litertjs_copy
 from gencompress.converters.runners import _dequantize, _match, _quantize, make_runner
 from gencompress.errors import ConversionError
 
@@ -157,23 +158,21 @@ class RuntimePage:
 
     def runner(self, path, input_names: list[str], output_names: list[str], workdir: Path) -> "BrowserRunner":
         """A runner for the artifact at ``path``; ``BrowserLoadError`` with the runtime's one-line
-        error when it does not load. A ``.tflite`` whose batch is dynamic is loaded as the
-        batch-1 copy LiteRT.js can run (``static_batch_tflite``; ``runner.note`` says so)."""
+        error when it does not load. A ``.tflite`` is loaded as the copy LiteRT.js can run
+        (``litertjs.litertjs_copy``; ``runner.notes`` say what it changed)."""
         if self.error:
             raise BrowserLoadError(f"{setup.RUNTIME_NAMES[self.fmt]} did not start: {self.error}")
-        path, note = Path(path), None
+        path, notes = Path(path), []
         if self.fmt == "tflite":
-            fixed = static_batch_tflite(path.read_bytes())
+            fixed, notes = litertjs_copy(path.read_bytes())
             if fixed is not None:
                 path = workdir / f"{path.stem}.batch1{path.suffix}"
                 path.write_bytes(fixed)
-                note = ("LiteRT.js runs static shapes only (its CompiledModel refuses a [-1, ...] input): measured a copy "
-                        "with the batch dimension fixed to 1 (same ops and weights)")
         model_id = f"m{next(self.session._ids)}"
         loaded = self.evaluate("([i, u]) => gc.load(i, u)", [model_id, self.session.serve(path)])
         if "error" in loaded:
             raise BrowserLoadError(loaded["error"] or (self.console[-1] if self.console else "unknown error"))
-        return BrowserRunner(self, model_id, path, input_names, output_names, loaded, note)
+        return BrowserRunner(self, model_id, path, input_names, output_names, loaded, notes)
 
     def evaluate(self, script: str, arg):
         """``page.evaluate``; the page dying under it (out of memory, a crash of the runtime) is
@@ -192,8 +191,8 @@ class BrowserRunner:
     as float arrays in the model's output order, like the native runners (integer I/O is
     (de)quantized here with the artifact's own scales, read by the native runtime)."""
 
-    def __init__(self, page: RuntimePage, model_id: str, path: Path, input_names, output_names, loaded: dict, note: str | None):
-        self.page, self.model_id, self.note = page, model_id, note
+    def __init__(self, page: RuntimePage, model_id: str, path: Path, input_names, output_names, loaded: dict, notes: list[str]):
+        self.page, self.model_id, self.notes = page, model_id, notes
         # the page takes inputs and gives outputs in the runtime's order: matched to the model's
         # names as the native runners match them
         page_in = [d["name"] for d in loaded["inputs"]]
@@ -266,21 +265,6 @@ def _position(name: str, names: list[str], i: int, fmt: str) -> int:
     if fmt == "tflite":
         return names.index(_match(name, dict.fromkeys(names), i))
     return i
-
-
-def static_batch_tflite(data: bytes) -> bytes | None:
-    """``data`` with every dynamic (-1) dimension of its tensors' shape signatures set to 1 (the
-    size the converter stored for the batch), or ``None`` when nothing is dynamic. Edited in
-    place: the rest of the file is byte for byte the artifact's."""
-    from gencompress.compat.tflite import shape_signature_views
-
-    edited = bytearray(data)
-    changed = False
-    for signature in shape_signature_views(edited):
-        if (signature < 0).any():
-            signature[signature < 0] = 1
-            changed = True
-    return bytes(edited) if changed else None
 
 
 @functools.cache

@@ -55,7 +55,7 @@ def _measure(session, browser: BrowserSession, page, a: ArtifactResult):
     except BrowserLoadError as exc:
         return run.model_copy(update={"error": str(exc)}), None
     run.loaded = True
-    run.notes = [runner.note] if runner.note else []
+    run.notes = list(runner.notes)
     n = len(session.evaluation)
     label = f"{a.name}: in {run.runtime} (Chromium) on {n} held-out samples"
     try:

@@ -83,17 +83,17 @@ def pick(report: Report, name: str | None = None) -> ArtifactResult:
 
 def demo_files(report: Report, chosen: ArtifactResult, data: bytes) -> dict[str, bytes]:
     """Every file of the demo folder, by name."""
-    from gencompress.converters.browser import static_batch_tflite
+    from gencompress.converters.litertjs import litertjs_copy
 
     model_file = chosen.name
     files = {chosen.name: data}
     note = ""
     if chosen.format == "tflite":
-        fixed = static_batch_tflite(data)
-        if fixed is not None:  # LiteRT.js runs static shapes only
+        fixed, _ = litertjs_copy(data)
+        if fixed is not None:  # LiteRT.js runs static shapes only (converters/litertjs.py)
             model_file = f"{Path(chosen.name).stem}.batch1.tflite"
             files[model_file] = fixed
-            note = f" (as {model_file}: the batch fixed to 1, which LiteRT.js needs)"
+            note = f" (as {model_file}: the batch fixed to 1 and shapes made constant, which LiteRT.js needs)"
     runtime = setup.runtime_files(chosen.format)
     for name, path in runtime.files.items():
         if name == "ort.wasm.min.js":

@@ -4,23 +4,26 @@ lets the fidelity search judge an attempt by its speed in the browser.
 Measured with one-op models (``benchmarks/browser.py --ops``, p50 in headless Chromium,
 single-threaded WebAssembly, float32 over int8; natively for comparison):
 
-- LiteRT.js 2.5.3: an int8 ``TRANSPOSE_CONV`` runs 9x slower than the float one (0.11x; natively
-  XNNPACK runs it 1.9x faster). The DCGAN sample's int8 .tflite, two of them, runs 6x slower
-  than its float .tflite there.
 - onnxruntime-web 1.31.1: an int8 ``MatMul`` (a Dense: QDQ fused into an integer GEMM) runs at
-  0.55x float (natively 1.5x faster); a depthwise int8 ``Conv`` at 0.62x (0.79x natively).
-
-Both are what a browser build of the same kernels lacks (no WebAssembly SIMD path for these
-integer kernels), not a different graph: the ops and their outputs are the same.
+  0.58x float, where native onnxruntime runs it 1.56x faster: the WebAssembly build has no SIMD
+  path for that integer GEMM. (A depthwise int8 ``Conv`` runs at 0.62x, 0.79x natively; it has
+  the op type of every ``Conv``, which stays 1.8x faster in int8, so it is not named here.)
+- LiteRT.js 2.5.3: no int8 op runs slower than float where the native runtime runs it faster,
+  once the copy the browser runs has static shapes (``converters/litertjs.py``). Without them an
+  int8 ``TRANSPOSE_CONV`` (output shape computed at run time) is not taken by XNNPACK there and
+  runs 9x slower than float; with them, 1.2x faster. The ops XNNPACK has no int8 kernel for
+  (PRELU, ADD of two tensors) are slow natively too: the search's native ``slow_ops`` already
+  class them.
 
 ``browser_slow_ops(fmt, data)`` returns those op types present in int8 in an artifact, in the
 vocabulary the search's units use (TFLite builtin names, ONNX node op types), so a caller can
-add them to what ``Candidates.slow_ops`` returns (see the README, "The browser and the guard").
+add them to what ``Candidates.slow_ops`` returns (see the README, "The browser and the fidelity
+guard").
 """
 
 from __future__ import annotations
 
-LITERT_JS_SLOW_INT8 = frozenset({"TRANSPOSE_CONV"})
+LITERT_JS_SLOW_INT8: frozenset = frozenset()
 ORT_WEB_SLOW_INT8 = frozenset({"MatMul", "Gemm"})
 _TFLITE_INT8 = 9  # TensorType.INT8 in the TFLite schema
 

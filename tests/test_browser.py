@@ -87,6 +87,20 @@ def test_browser_figures_in_every_report_and_the_gates(sample_run):
     assert all(f'data-artifact="{a.name}"' in html for a in result.report.artifacts)
 
 
+def _raw_run(page, browser, path, x: np.ndarray) -> np.ndarray | str:
+    """``path`` run as it is in the page (no copy made for LiteRT.js): its first output, or the error."""
+    model_id = f"raw-{path.name}"
+    loaded = page.page.evaluate("([i, u]) => gc.load(i, u)", [model_id, browser.serve(path)])
+    if "error" in loaded:
+        return loaded["error"]
+    sent = [{"b64": base64.b64encode(x.tobytes()).decode(), "dtype": "float32", "shape": list(x.shape)}]
+    got = page.page.evaluate("([i, x]) => gc.run(i, x, 1)", [model_id, sent])
+    if "error" in got:
+        return got["error"]
+    out = got["outputs"][0]
+    return np.frombuffer(base64.b64decode(out["b64"]), dtype=out["dtype"]).reshape(out["shape"])
+
+
 def test_litertjs_refuses_a_dynamic_batch_and_runs_the_batch1_copy(browser_ready, dcgan, tmp_path):
     """Root cause of the batch-1 copy: LiteRT.js 2.5.3's CompiledModel checks an input buffer
     against the signature's type, -1 included, and has no resize. When this stops failing, the
@@ -105,11 +119,8 @@ def test_litertjs_refuses_a_dynamic_batch_and_runs_the_batch1_copy(browser_ready
     outputs = [dcgan.outputs[0].name]
     with BrowserSession() as browser:
         page = browser.page("tflite")
-        loaded = page.page.evaluate("([i, u]) => gc.load(i, u)", ["raw", browser.serve(path)])
-        assert loaded["inputs"][0]["shape"] == [-1, 8]
-        sent = [{"b64": base64.b64encode(z["z"].tobytes()).decode(), "dtype": "float32", "shape": [1, 8]}]
-        refused = page.page.evaluate("([i, x]) => gc.run(i, x, 1)", ["raw", sent])
-        assert "does not match expected ranked tensor type Float32[-1, 8]" in refused["error"]
+        refused = _raw_run(page, browser, path, z["z"])
+        assert "does not match expected ranked tensor type Float32[-1, 8]" in refused
         runner = page.runner(path, ["z"], outputs, tmp_path)  # what --browser does: the copy
         assert any("batch dimension fixed to 1" in n for n in runner.notes)
         got = runner.run(z)[0]
@@ -147,6 +158,34 @@ def test_the_batch1_copy_keeps_weights_stored_after_the_flatbuffer(browser_ready
     with BrowserSession() as browser:
         got = browser.page("tflite").runner(path, ["z"], outputs, tmp_path).run(sample)[0]
     assert np.max(np.abs(got - make_runner(path, "tflite", ["z"], outputs).run(sample)[0])) < 1e-5
+
+
+def test_litertjs_needs_the_shapes_a_reshape_reads_as_constants(browser_ready, keras, tmp_path):
+    """LiteRT.js 2.5.3 leaves a SHAPE op's output unwritten after a delegated Dense, so a Keras
+    Reshape fed by it (SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE) gives garbage even with a
+    static batch; with those shapes as constants the copy matches the native runtime. When this
+    stops failing, ``litertjs.constant_shapes`` can go."""
+    import gencompress as gc
+    from gencompress.converters.browser import BrowserSession
+    from gencompress.converters.litertjs import constant_shapes, static_batch_tflite
+    from gencompress.converters.runners import make_runner
+    from gencompress.converters.tflite import convert_tflite
+
+    keras.utils.set_random_seed(5)
+    z = keras.Input((10,), name="z")
+    model = gc.from_keras(keras.Model(z, keras.layers.Reshape((4, 4, 4))(keras.layers.Dense(64)(z))), name="reshape")
+    original = convert_tflite(model, "float32")
+    static = tmp_path / "static.tflite"
+    static.write_bytes(static_batch_tflite(original))
+    folded = tmp_path / "folded.tflite"
+    folded.write_bytes(constant_shapes(static.read_bytes())[0])
+    x = np.random.default_rng(0).standard_normal((1, 10)).astype(np.float32)
+    native = make_runner(static, "tflite", ["z"], [model.outputs[0].name]).run({"z": x})[0]
+    with BrowserSession() as browser:
+        page = browser.page("tflite")
+        wrong, right = _raw_run(page, browser, static, x), _raw_run(page, browser, folded, x)
+    assert np.max(np.abs(wrong - native)) > 0.1  # the bug: unwritten shapes, zeros drawn
+    assert np.max(np.abs(right - native)) < 1e-6
 
 
 def test_an_artifact_the_browser_cannot_load_is_said_everywhere(browser_ready, dcgan_h5, tmp_path):

@@ -14,30 +14,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, SAMPLES
+from conftest import REPO
 
 FAST = ["--eval-samples", "8", "--calibration-samples", "16", "--latency-runs", "5"]
-
-
-@pytest.fixture(scope="module")
-def browser_ready():
-    from gencompress.converters import browser_setup
-
-    lacking = browser_setup.missing()
-    if lacking:
-        pytest.skip("--browser needs " + "; ".join(lacking))
-
-
-@pytest.fixture(scope="module")
-def sample_run(browser_ready, tmp_path_factory):
-    """The DCGAN sample quantized with --browser and browser gates, saved."""
-    import gencompress as gc
-
-    gates = gc.Gates(browser=gc.BrowserGates(max_latency_ms=10_000.0, onnx=gc.FormatGates(min_psnr=30.0)))
-    config = gc.QuantizeConfig(browser=True, fast=True, latency_runs=5, gates=gates)
-    result = gc.quantize(gc.load_model(SAMPLES / "dcgan_digits.h5"), config)
-    folder = result.save(tmp_path_factory.mktemp("sample"))
-    return result, folder
 
 
 def test_every_artifact_runs_in_its_browser_runtime_as_natively(sample_run):

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLES
-from test_browser import browser_ready, sample_run  # noqa: F401 (fixtures)
 
 
 def _digest(folder):
@@ -22,7 +21,7 @@ def _digest(folder):
 
 
 @pytest.fixture(scope="module")
-def demo(sample_run, tmp_path_factory):  # noqa: F811
+def demo(sample_run, tmp_path_factory):
     import gencompress as gc
 
     _, folder = sample_run
@@ -68,7 +67,7 @@ def _pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
 
 
-def test_the_demo_folder_holds_everything_and_is_the_same_every_time(demo, sample_run, tmp_path):  # noqa: F811
+def test_the_demo_folder_holds_everything_and_is_the_same_every_time(demo, sample_run, tmp_path):
     import gencompress as gc
 
     result, folder = sample_run
@@ -109,7 +108,7 @@ def test_the_demo_draws_samples_from_a_static_server(demo):
     assert _pixels(shot).std() > 20
 
 
-def test_a_tflite_demo_runs_litertjs_from_file(sample_run, tmp_path):  # noqa: F811
+def test_a_tflite_demo_runs_litertjs_from_file(sample_run, tmp_path):
     import gencompress as gc
 
     _, folder = sample_run
@@ -121,7 +120,7 @@ def test_a_tflite_demo_runs_litertjs_from_file(sample_run, tmp_path):  # noqa: F
     assert _pixels(shot).std() > 20
 
 
-def test_an_image_to_image_demo_runs_on_the_users_image(browser_ready, i2i_keras, tmp_path):  # noqa: F811
+def test_an_image_to_image_demo_runs_on_the_users_image(browser_ready, i2i_keras, tmp_path):
     """The page scales the user's image to the input range, runs the model and draws its output
     over the output range: the pixels are the model's (run natively here) to a level or two."""
     import gencompress as gc
@@ -147,7 +146,7 @@ def test_an_image_to_image_demo_runs_on_the_users_image(browser_ready, i2i_keras
     assert drawn.shape == (16, 16, 4) and np.abs(drawn[..., :3].astype(float) - expected).max() <= 2
 
 
-def test_demo_errors_are_one_line(sample_run, tmp_path):  # noqa: F811
+def test_demo_errors_are_one_line(sample_run, tmp_path):
     from click.testing import CliRunner
 
     from gencompress.cli import cli

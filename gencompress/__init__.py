@@ -15,15 +15,15 @@ from gencompress.tfenv import prepare_environment
 prepare_environment()
 
 _WHERE = {
-    "gencompress.api": ("load_model", "from_keras", "quantize", "export", "analyze", "prune", "distill"),
+    "gencompress.api": ("load_model", "from_keras", "quantize", "export", "analyze", "prune", "distill", "demo", "setup_browser"),
     "gencompress.calibration": ("Calibration",),
     "gencompress.config": (
         "QuantizeConfig", "ExportConfig", "AnalyzeConfig", "PruneConfig", "DistillConfig", "TrainingConfig", "RunConfig",
-        "Gates", "FormatGates",
+        "Gates", "FormatGates", "BrowserGates",
     ),
     "gencompress.results": (
         "Report", "ArtifactResult", "Fidelity", "Latency", "SearchAttempt", "SearchRecord", "Failure",
-        "PruningSection", "QatSection", "DistillationSection", "Sensitivity", "GatesSection", "GateCheck",
+        "PruningSection", "QatSection", "DistillationSection", "Sensitivity", "GatesSection", "GateCheck", "BrowserRun",
     ),
     "gencompress.pipelines.result": ("Result",),
     "gencompress.errors": (

@@ -98,3 +98,19 @@ def _strategy(training):
     return make_strategy(training.distribute)
 
 __all__ = ["load_model", "from_keras", "quantize", "export", "analyze", "prune", "distill", "Calibration", "Result", "Progress"]
+
+
+def demo(folder, out=None, artifact: str | None = None):
+    """Write a static web page (``out``, default ``folder/demo``) that draws samples from an
+    artifact of ``folder`` (a saved run) in the browser; returns the demo's folder."""
+    from gencompress.pipelines.demo import build_demo
+
+    return build_demo(folder, out, artifact)
+
+
+def setup_browser(log=print):
+    """Install the browser runtimes ``browser=True`` and ``demo`` use (``npm ci`` of the pinned
+    lockfile); returns the folder they are in."""
+    from gencompress.converters.browser_setup import install
+
+    return install(log)

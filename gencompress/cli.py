@@ -363,6 +363,10 @@ def _run(command: str, model_path, output_dir, trust_code, custom_objects, confi
     from gencompress.results import RecipeRecord
 
     output = _output(model_path, output_dir)
+    if getattr(config, "browser", False):  # what --browser lacks, in one line, before loading
+        from gencompress.converters.browser_setup import check
+
+        check()
     model = _load_model(model_path, trust_code, custom_objects)
     out = output["out"]
     recipe = recipes.from_command(command, config, calibration, model_path, out, trust_code, custom_objects, student_path,
@@ -404,6 +408,7 @@ def _show(result, out: Path) -> None:
     """The artifact table, the summary lines and any failed gates (stdout; stderr with --json)."""
     from gencompress.printable import printable
     from gencompress.report.render import (
+        browser_table,
         gate_failures_table,
         sensitivity_table,
         terminal_summary,
@@ -415,6 +420,8 @@ def _show(result, out: Path) -> None:
         click.echo(sensitivity_table(report))
     else:
         click.echo(terminal_table(report))
+        if browser_table(report):
+            click.echo("\n" + browser_table(report))
         summary = terminal_summary(report)
         if summary:
             click.echo("\n" + summary if report["command"] in ("prune", "distill") or report.get("qat") else summary)
@@ -493,6 +500,52 @@ def run_command(recipe, output_dir, trust_code):
             click.echo("\n" + printable(f"== step {r.index}: {r.command} ({r.folder})"))
         _show(r.result, r.folder)
     _finish(runs)
+
+
+@cli.command("setup-browser")
+def setup_browser():
+    """Install the browser runtimes --browser and `gencompress demo` use (npm ci of the pinned lockfile).
+
+    onnxruntime-web and LiteRT.js (@litertjs/core), at the versions gencompress pins, go into
+    ~/.cache/gencompress/browser-runtimes/ (or $GENCOMPRESS_BROWSER_RUNTIMES); Chromium comes
+    from the system's packages. Needs npm (Node.js 18 or later).
+
+    \b
+    Example:
+      gencompress setup-browser && gencompress quantize sample_models/dcgan_digits.h5 --browser
+    """
+    from gencompress.converters import browser_setup
+
+    browser_setup.install(log=click.echo)
+    lacking = [m for m in browser_setup.missing() if "runtimes" not in m]
+    click.echo(f"browser runtimes: {browser_setup.runtimes_dir()}")
+    if lacking:
+        raise browser_setup.BrowserUnavailable("--browser still needs " + "; ".join(lacking))
+    click.echo(f"Chromium: {browser_setup.chromium()}")
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("-o", "--output-dir", type=click.Path(), help="Where the demo goes [default: FOLDER/demo].")
+@click.option("--artifact", help="The artifact to demo, by file name [default: the run's deliverable the browser runs fastest].")
+def demo(folder, output_dir, artifact):
+    """Write a static web page that draws new samples from an artifact of FOLDER, in the browser.
+
+    FOLDER is a gencompress output folder (report.json beside the artifacts). The demo folder
+    holds index.html, the artifact and its browser runtime's files (from the npm packages
+    `gencompress setup-browser` installed: nothing from a CDN); it works opened from file://
+    or from any static server. A button draws new samples from random latents (image-to-image
+    models: from an image you choose).
+
+    \b
+    Examples:
+      gencompress demo gencompress-out/dcgan_digits
+      gencompress demo out/sr --artifact sr_photos.int8.onnx -o site/
+    """
+    from gencompress.api import demo as make_demo
+
+    out = make_demo(folder, output_dir, artifact)
+    click.echo(f"demo: {out / 'index.html'} (open it, or serve {out} with any static server)")
 
 
 def _load_model(path, trust_code: bool, custom_objects):

@@ -102,6 +102,7 @@ def run_options(f):
             click.option("--threads", default=default_of(R, "threads"), show_default=True, type=int, help="Runtime threads for latency."),
             click.option("--latency-runs", type=int, help="Timed runs per artifact, after up to 10 warm-up runs; at most about 5 s per artifact [default: 50; 10 with --fast]."),
             click.option("--fast", is_flag=True, help="A quick look: a quarter of the calibration and evaluation samples and 10 latency runs (said in the report)."),
+            click.option("--browser", is_flag=True, help="Also load, run and time every artifact in headless Chromium with its browser runtime (onnxruntime-web, LiteRT.js); `gencompress setup-browser` installs them."),
         ]
     ):
         f = option(f)
@@ -151,15 +152,21 @@ def _split(kwargs: dict, data=None):
     return kwargs, calibration
 
 
+# ``FORMAT:VALUE`` targets besides the formats: the browser runtimes' figures (``--browser``).
+_BROWSER_TARGETS = ("browser",) + tuple(f"browser-{fmt}" for fmt in C.FORMATS)
+
+
 def _gate_values(kind):
-    """``VALUE`` (every format) or ``FORMAT:VALUE`` (one format), repeatable."""
+    """``VALUE`` (every format), ``FORMAT:VALUE`` (one format), ``browser:VALUE`` or
+    ``browser-FORMAT:VALUE`` (the browser runtime's figures), repeatable."""
 
     def convert(ctx, param, values):
         parsed = []
         for raw in values:
             fmt, _, number = raw.rpartition(":")
-            if fmt and fmt not in C.FORMATS:
-                raise click.BadParameter(f"unknown format '{fmt}' in '{raw}' (give VALUE or FORMAT:VALUE, FORMAT one of {', '.join(C.FORMATS)})")
+            if fmt and fmt not in C.FORMATS + _BROWSER_TARGETS:
+                raise click.BadParameter(f"unknown format '{fmt}' in '{raw}' (give VALUE, FORMAT:VALUE or browser[-FORMAT]:VALUE, "
+                                         f"FORMAT one of {', '.join(C.FORMATS)})")
             try:
                 value = kind(number)
             except ValueError:
@@ -183,18 +190,20 @@ _GATE_OPTIONS = [
 def gate_options(f):
     """The gates (``config.Gates``) a command's deliverable artifacts must pass (exit 3 otherwise);
     ``--min-psnr``, the fidelity target, is the PSNR gate. Each takes VALUE for every format or
-    FORMAT:VALUE for one (repeatable)."""
+    FORMAT:VALUE for one (repeatable); browser:VALUE / browser-FORMAT:VALUE judge the browser
+    runtime's figures (with --browser)."""
     for name, kind, text in reversed(_GATE_OPTIONS):
-        f = click.option("--" + name.replace("_", "-"), name, multiple=True, metavar="[FORMAT:]VALUE", callback=_gate_values(kind),
-                         help=text + " FORMAT:VALUE for one format.")(f)
+        f = click.option("--" + name.replace("_", "-"), name, multiple=True, metavar="[TARGET:]VALUE", callback=_gate_values(kind),
+                         help=text + " FORMAT:VALUE for one format (tflite, onnx); browser:VALUE or browser-FORMAT:VALUE for the browser runtime's figures (--browser).")(f)
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
-        every, per_format = {}, {fmt: {} for fmt in C.FORMATS}
+        every, per_target = {}, {t: {} for t in C.FORMATS + _BROWSER_TARGETS}
         for name, _, _ in _GATE_OPTIONS:
-            for fmt, value in kwargs.pop(name):
-                (per_format[fmt] if fmt else every)[name] = value
-        kwargs["gates"] = C.Gates(**every, **{fmt: C.FormatGates(**given) for fmt, given in per_format.items()})
+            for target, value in kwargs.pop(name):
+                (per_target[target] if target else every)[name] = value
+        browser = C.BrowserGates(**per_target["browser"], **{fmt: C.FormatGates(**per_target[f"browser-{fmt}"]) for fmt in C.FORMATS})
+        kwargs["gates"] = C.Gates(**every, **{fmt: C.FormatGates(**per_target[fmt]) for fmt in C.FORMATS}, browser=browser)
         return f(*args, **kwargs)
 
     return wrapper

@@ -26,6 +26,7 @@ DISTRIBUTE = ("none", "mirrored", "multi-worker")
 PREFER = ("speed", "size")
 GATES = ("min_psnr", "min_psnr_worst", "min_ssim", "max_bytes", "max_size_ratio", "min_speedup", "max_latency_ms")
 LATENCY_GATES = ("min_speedup", "max_latency_ms")
+SIZE_GATES = ("max_bytes", "max_size_ratio")  # the same file in the browser: no browser form
 
 
 def default_of(cls, name: str):
@@ -76,6 +77,37 @@ class FormatGates:
 
 
 @dataclass(frozen=True)
+class BrowserGates(FormatGates):
+    """Limits on the browser runtime's figures of every gated artifact (``--browser``): these for
+    every format, ``tflite`` (LiteRT.js) / ``onnx`` (onnxruntime-web) for one. ``min_psnr`` and
+    ``min_ssim`` against the float model; ``min_speedup``: the float32 artifact's single-threaded
+    browser p50 over this one's; ``max_latency_ms``: its single-threaded browser p50. An artifact
+    the browser runtime cannot load fails every browser gate. Size gates have no browser form
+    (the file is the same)."""
+
+    tflite: FormatGates = FormatGates()
+    onnx: FormatGates = FormatGates()
+
+    def __post_init__(self):
+        super().__post_init__()
+        for g in (self, self.tflite, self.onnx):
+            for name in SIZE_GATES:
+                if getattr(g, name) is not None:
+                    raise OptionError(f"--{name.replace('_', '-')}: the file is the same in the browser; give it without browser:")
+
+    def for_format(self, fmt: str) -> dict:
+        return {**self.given(), **getattr(self, fmt).given()}
+
+    @property
+    def any(self) -> bool:
+        return any(g.given() for g in (self, self.tflite, self.onnx))
+
+    @property
+    def timed(self) -> bool:
+        return any(getattr(g, n) is not None for g in (self, self.tflite, self.onnx) for n in LATENCY_GATES)
+
+
+@dataclass(frozen=True)
 class Gates(FormatGates):
     """Gates a run's deliverable artifacts must pass (exit 3 otherwise): these for every format,
     ``tflite`` / ``onnx`` for one (a format's own limit wins). The PSNR floor for every format is
@@ -84,6 +116,7 @@ class Gates(FormatGates):
 
     tflite: FormatGates = FormatGates()
     onnx: FormatGates = FormatGates()
+    browser: BrowserGates = BrowserGates()  # on the figures of --browser
 
     def __post_init__(self):
         if self.min_psnr is not None:
@@ -109,7 +142,9 @@ class RunConfig:
     64 for small outputs); ``latency_runs``: timed batch-1 runs per artifact (``None``: 50, 10
     with ``fast``); ``fast``: a quick look with a quarter of the samples; ``seed`` seeds noise,
     shuffles, splits and training, so the same call gives the same artifacts byte for byte;
-    ``gates``: limits the run's deliverable artifacts must meet (``pipelines.gates``).
+    ``gates``: limits the run's deliverable artifacts must meet (``pipelines.gates``);
+    ``browser``: also load, run and time every artifact in its browser runtime in headless
+    Chromium (``BrowserRun`` on each artifact; ``gencompress setup-browser`` installs them).
     """
 
     formats: tuple[str, ...] = FORMATS
@@ -119,8 +154,11 @@ class RunConfig:
     latency_runs: int | None = None
     fast: bool = False
     gates: Gates = Gates()
+    browser: bool = False
 
     def __post_init__(self):
+        if self.gates.browser.any and not self.browser:
+            raise OptionError("browser gates judge the figures of --browser: add --browser (browser = true)")
         if not self.formats:
             raise OptionError("no output format given")
         for f in self.formats:
@@ -333,6 +371,8 @@ class AnalyzeConfig(RunConfig):
             raise OptionError(
                 f"unknown calibration method '{self.calibration_method}' (choose from {', '.join(CALIBRATION_METHODS)})"
             )
+        if self.browser:
+            raise OptionError("analyze writes no artifacts: --browser does not apply")
 
 
 @dataclass(frozen=True)
@@ -458,6 +498,6 @@ def replace(config, **changes):
 
 
 __all__ = [
-    "RunConfig", "TrainingConfig", "Gates", "FormatGates", "QuantizeConfig", "ExportConfig", "AnalyzeConfig", "PruneConfig",
+    "RunConfig", "TrainingConfig", "Gates", "FormatGates", "BrowserGates", "QuantizeConfig", "ExportConfig", "AnalyzeConfig", "PruneConfig",
     "DistillConfig", "QAT_TRAINING", "PRUNE_TRAINING", "DISTILL_TRAINING", "default_of", "parse_duration",
 ]

@@ -103,7 +103,7 @@ class LoadedModel:
             "path": self.path,
             "format": self.format,
             "params": self.params,
-            "inputs": [t.to_dict() for t in self.inputs],
+            "inputs": [{**t.to_dict(), "ids": self.label_ranges.get(t.name)} for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
             "output_activation": self.output_activation,
         }

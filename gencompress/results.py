@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.2"  # 1.1: files, gates, recipe, runtime (onnxruntime graph), search compute classes and rule; 1.2: per-sample PSNR (worst, 5th percentile, median) and tail samples of the held-out set
+SCHEMA_VERSION = "1.2"  # 1.1: files, gates, recipe, runtime (onnxruntime graph), search compute classes and rule; 1.2: per-sample PSNR (worst, 5th percentile, median) and tail samples of the held-out set, browser runs (--browser) and their gate checks
 
 
 class _Model(BaseModel):
@@ -146,6 +146,36 @@ class RuntimeGraph(_Model):
     breakdown: Optional[RuntimeBreakdown] = None
 
 
+class BrowserRun(_Model):
+    """An artifact in its browser runtime in headless Chromium (``--browser``): onnxruntime-web
+    for ``.onnx``, LiteRT.js for ``.tflite``, on the same held-out inputs as the native runtime.
+
+    ``loaded``: the runtime took it (``error``: its one-line error otherwise, or of a run that
+    failed); ``fidelity``: against the float Keras model, like the artifact's own;
+    ``native_psnr_db``: its outputs against the native runtime's on the same file (200: equal);
+    ``latency_ms``: single-threaded WebAssembly (``build`` names the runtime's file: SIMD,
+    relaxed SIMD), measured in the page with the run's latency protocol; ``threads_latency_ms``
+    with ``threads`` threads, when the page is cross-origin isolated (``threads_error`` if that
+    build failed); ``differing_op``: when the browser's PSNR is over 0.5 dB off the native one (or,
+    for float32, under 80 dB against the native outputs), the first op whose output differs between the two runtimes."""
+
+    runtime: str
+    version: str
+    browser: str
+    loaded: bool
+    error: Optional[str] = None
+    build: Optional[str] = None
+    fidelity: Optional[Fidelity] = None
+    native_psnr_db: Optional[float] = None
+    latency_ms: Optional[Latency] = None
+    threads: Optional[int] = None
+    threads_build: Optional[str] = None
+    threads_latency_ms: Optional[Latency] = None
+    threads_error: Optional[str] = None
+    differing_op: Optional[str] = None
+    notes: list[str] = Field(default_factory=list)
+
+
 class ArtifactResult(_Model):
     """One written artifact: its file, size, latency and fidelity against the float model.
 
@@ -170,6 +200,7 @@ class ArtifactResult(_Model):
     smallest_int8_search: Optional[SearchRecord] = None
     runtime: Optional[RuntimeGraph] = None  # quantized ONNX artifacts: what onnxruntime runs
     compute: Optional[str] = None  # how a quantized artifact computes: int8, mixed, float or slow (read from its graph)
+    browser: Optional[BrowserRun] = None  # --browser: the same file in its browser runtime
 
     @property
     def name(self) -> str:
@@ -192,6 +223,7 @@ class TensorSpec(_Model):
     name: str
     shape: list[Optional[int]]
     dtype: str
+    ids: Optional[int] = None  # an integer input that feeds an Embedding: how many ids are valid (a label)
 
 
 class ModelInfo(_Model):
@@ -395,6 +427,7 @@ class GateCheck(_Model):
     measured: Optional[float]
     limit: float
     passed: bool
+    runtime: Optional[Literal["browser"]] = None  # a gate on the browser runtime's figures (--browser)
 
 
 class GatesSection(_Model):

@@ -198,3 +198,28 @@ def exported(dcgan):
     yield results
     for r in results.values():
         r.close()
+
+
+# --browser and the demo (tests/test_browser.py, tests/test_demo.py)
+
+
+@pytest.fixture(scope="session")
+def browser_ready():
+    from gencompress.converters import browser_setup
+
+    lacking = browser_setup.missing()
+    if lacking:
+        pytest.skip("--browser needs " + "; ".join(lacking))
+
+
+@pytest.fixture(scope="session")
+def sample_run(browser_ready, tmp_path_factory):
+    """The DCGAN sample quantized with --browser and browser gates, saved."""
+    import gencompress as gc
+
+    gates = gc.Gates(browser=gc.BrowserGates(max_latency_ms=10_000.0, onnx=gc.FormatGates(min_psnr=30.0)))
+    config = gc.QuantizeConfig(browser=True, fast=True, latency_runs=5, gates=gates)
+    result = gc.quantize(gc.load_model(SAMPLES / "dcgan_digits.h5"), config)
+    folder = result.save(tmp_path_factory.mktemp("sample"))
+    yield result, folder
+    result.close()

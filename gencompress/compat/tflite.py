@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 
 def calibrate_only(converter) -> None:
     """Make ``converter.convert()`` return the float model with each tensor's recorded min/max
@@ -51,3 +53,51 @@ def builtin_op_name(model, code) -> str:
 
     value = max(code.builtinCode, code.deprecatedBuiltinCode)
     return next((k for k, v in vars(schema.BuiltinOperator).items() if v == value), str(value))
+
+
+def tensor_map(name: str, index: int):
+    """A signature's entry naming tensor ``index`` (the schema's ``TensorMapT``)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    entry = schema.TensorMapT()
+    entry.name, entry.tensorIndex = name, index
+    return entry
+
+
+def shape_signature_views(data: bytearray):
+    """Every tensor's shape signature in the TFLite flatbuffer ``data`` as a numpy view into
+    ``data`` itself (the schema's generated reader over a bytearray): writing a view edits the
+    file in place, everything else byte for byte. Re-serializing (``write_flatbuffer``) would
+    drop the weights ai-edge-quantizer keeps after the flatbuffer (buffers with an ``offset``)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(data, 0)
+    for s in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(s)
+        for t in range(subgraph.TensorsLength()):
+            tensor = subgraph.Tensors(t)
+            if not tensor.ShapeSignatureIsNone():
+                yield tensor.ShapeSignatureAsNumpy()
+
+
+def has_external_buffers(model) -> bool:
+    """A read flatbuffer keeps some weights after the flatbuffer itself (``Buffer.offset``), which
+    ``write_flatbuffer`` cannot carry over."""
+    return any((getattr(b, "offset", 0) or 0) > 1 for b in model.buffers)
+
+
+def constant_tensor(model, subgraph, values, tensor_type: int, name: str) -> int:
+    """Append a constant tensor holding ``values`` (a numpy array) to a read flatbuffer's
+    ``subgraph`` (and its buffer to ``model``); its index."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(np.ascontiguousarray(values).tobytes(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    tensor = schema.TensorT()
+    tensor.shape = np.asarray(values.shape, dtype=np.int32)
+    tensor.type = tensor_type
+    tensor.buffer = len(model.buffers) - 1
+    tensor.name = name.encode()
+    subgraph.tensors.append(tensor)
+    return len(subgraph.tensors) - 1

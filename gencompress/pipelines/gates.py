@@ -53,63 +53,116 @@ def measure(a: ArtifactResult, gate: str, float_p50: float | None) -> float | No
 
 
 def evaluate(artifacts: list[ArtifactResult], gates: Gates, min_psnr: float, graded=lambda a: True,
-             speedups: dict | None = None) -> GatesSection | None:
+             speedups: dict | None = None, browser_speedups: dict | None = None) -> GatesSection | None:
     """Every limit on every deliverable; ``None`` when no limit applies to any format.
-    ``speedups``: speed-ups by artifact name when latency was re-measured for the gates."""
+    ``speedups`` (``browser_speedups``): speed-ups by artifact name when latency (in the
+    browser) was re-measured for the gates."""
     formats = list(dict.fromkeys(a.format for a in artifacts))
     limits = {fmt: gates.for_format(fmt, min_psnr) for fmt in formats}
-    if not any(limits.values()):
+    browser = {fmt: gates.browser.for_format(fmt) for fmt in formats} if gates.browser.any else {}
+    if not any(limits.values()) and not any(browser.values()):
         return None
     float_p50 = {a.format: a.latency_ms.p50 for a in reversed(artifacts) if a.precision == "float32" and a.variant is None}
+    float_browser = {a.format: a.browser.latency_ms.p50 for a in reversed(artifacts)
+                     if a.precision == "float32" and a.variant is None and a.browser and a.browser.latency_ms}
     checks = []
     for a in deliverables(artifacts, graded):
         for gate in GATES:
             limit = limits[a.format].get(gate)
-            if limit is None:
-                continue
-            value = measure(a, gate, float_p50.get(a.format))
-            if gate == "min_speedup" and speedups and a.name in speedups:
-                value = speedups[a.name]
-            ok = value is not None and (value >= limit if gate in _LOWER_BOUND else value <= limit)
-            checks.append(GateCheck(artifact=a.name, format=a.format, precision=a.precision, variant=a.variant, gate=gate,
-                                    measured=value, limit=float(limit), passed=ok))
+            if limit is not None:
+                value = measure(a, gate, float_p50.get(a.format))
+                if gate == "min_speedup" and speedups and a.name in speedups:
+                    value = speedups[a.name]
+                checks.append(_check(a, gate, value, limit))
+            limit = browser.get(a.format, {}).get(gate)
+            if limit is not None:
+                value = measure_browser(a, gate, float_browser.get(a.format))
+                if gate == "min_speedup" and browser_speedups and a.name in browser_speedups and value is not None:
+                    value = browser_speedups[a.name]
+                checks.append(_check(a, gate, value, limit, runtime="browser"))
+    all_limits = {**limits, **{f"browser-{fmt}": given for fmt, given in browser.items() if given}}
     timed = speedups is not None
-    return GatesSection(limits=limits, checks=checks, failed=sum(not c.passed for c in checks),
-                        latency_rounds=GATE_ROUNDS if timed else None, latency_round_runs=GATE_ROUND_RUNS if timed else None)
+    return GatesSection(limits=all_limits, checks=checks, failed=sum(not c.passed for c in checks),
+                        latency_rounds=GATE_ROUNDS if timed or browser_speedups else None,
+                        latency_round_runs=GATE_ROUND_RUNS if timed or browser_speedups else None)
+
+
+def _check(a: ArtifactResult, gate: str, value, limit, runtime=None) -> GateCheck:
+    ok = value is not None and (value >= limit if gate in _LOWER_BOUND else value <= limit)
+    return GateCheck(artifact=a.name, format=a.format, precision=a.precision, variant=a.variant, gate=gate,
+                     measured=value, limit=float(limit), passed=ok, runtime=runtime)
+
+
+def measure_browser(a: ArtifactResult, gate: str, float_p50: float | None) -> float | None:
+    """The value ``gate`` judges on ``a``'s browser run (``None``: not loaded or not measured)."""
+    run = a.browser
+    if run is None or not run.loaded:
+        return None
+    if gate in ("min_psnr", "min_ssim"):
+        return None if run.fidelity is None else (run.fidelity.psnr_db if gate == "min_psnr" else run.fidelity.ssim)
+    p50 = run.latency_ms.p50 if run.latency_ms else None
+    if gate == "max_latency_ms":
+        return p50
+    if gate == "min_speedup":
+        return round(float_p50 / p50, 4) if float_p50 and p50 else None
+    raise ValueError(gate)
 
 
 def judge(session, target: float, graded: Callable[[ArtifactResult], bool] = lambda a: True) -> None:
-    """Grade the session's artifacts against the fidelity ``target`` (``grading.grade``) and
-    check the run's gates on its deliverables; ``make_report`` puts the checks in the report."""
+    """Grade the session's artifacts against the fidelity ``target`` (``grading.grade``), measure
+    them in their browser runtimes with ``--browser`` (``pipelines.browser``) and check the run's
+    gates on its deliverables; ``make_report`` puts the checks in the report."""
     grade(session.artifacts, target, graded)
     gates = session.config.gates
+    browser_speedups = None
+    if session.config.browser:
+        from gencompress.pipelines.browser import measure_in_browser
+
+        gated = deliverables(session.artifacts, graded) if gates.browser.timed else []
+        browser_speedups = measure_in_browser(session, gated)
     speedups = retime(session, deliverables(session.artifacts, graded)) if gates.timed else None
-    session.gate_section = evaluate(session.artifacts, gates, target, graded, speedups)
+    session.gate_section = evaluate(session.artifacts, gates, target, graded, speedups, browser_speedups)
 
 
 def retime(session, gated: list[ArtifactResult]) -> dict[str, float]:
     """Latency of ``gated`` and their float32 references again, in ``GATE_ROUNDS`` interleaved
     rounds: each artifact's ``latency_ms`` becomes the median of its rounds; returns the
     speed-ups over float (median of the rounds' ratios) by artifact name."""
-    from gencompress.report.latency import measure_latency
-
     references = {a.format: a for a in session.artifacts if a.precision == "float32" and a.variant is None}
     timed = list({id(a): a for a in [references[a.format] for a in gated if a.format in references] + gated}.values())
-    runners = [session.runner(a.path, a.format) for a in timed]
-    sample = session.evaluation.sample(0)
-    budget = GATE_SECONDS / (GATE_ROUNDS * len(timed))
-    rounds = [[] for _ in timed]
-    with session.progress.phase(f"latency for the gates: {GATE_ROUNDS} rounds over {len(timed)} artifacts", total=GATE_ROUNDS, unit="round") as phase:
+    rounds = interleaved([session.runner(a.path, a.format) for a in timed], session.evaluation.sample(0), session.progress,
+                         f"latency for the gates: {GATE_ROUNDS} rounds over {len(timed)} artifacts")
+    for a, kept in zip(timed, rounds):
+        a.latency_ms = round_latency(kept)
+    return round_speedups(timed, rounds, references)
+
+
+def interleaved(runners: list, sample: dict, progress, label: str) -> list[list[dict]]:
+    """``GATE_ROUNDS`` rounds in which each runner in turn times ``GATE_ROUND_RUNS`` runs
+    (``measure_latency``; within ``GATE_SECONDS`` in all): per runner, its rounds."""
+    from gencompress.report.latency import measure_latency
+
+    budget = GATE_SECONDS / (GATE_ROUNDS * max(1, len(runners)))
+    rounds = [[] for _ in runners]
+    with progress.phase(label, total=GATE_ROUNDS, unit="round") as phase:
         for _ in range(GATE_ROUNDS):
             for runner, kept in zip(runners, rounds):
                 kept.append(measure_latency(runner, sample, warmup=2, runs=GATE_ROUND_RUNS, max_seconds=budget))
             phase.update()
-    for a, kept in zip(timed, rounds):
-        a.latency_ms = Latency(p50=_median(r["p50"] for r in kept), p90=_median(r["p90"] for r in kept), runs=sum(r["runs"] for r in kept))
+    return rounds
+
+
+def round_latency(kept: list[dict]) -> Latency:
+    """One artifact's latency from its rounds: the medians of their p50s and p90s."""
+    return Latency(p50=_median(r["p50"] for r in kept), p90=_median(r["p90"] for r in kept), runs=sum(r["runs"] for r in kept))
+
+
+def round_speedups(timed: list[ArtifactResult], rounds: list[list[dict]], references: dict) -> dict[str, float]:
+    """Per artifact name, the median over the rounds of its format's float32 p50 over its own."""
     speedups = {}
     for a, kept in zip(timed, rounds):
         ref = references.get(a.format)
-        if ref is not None and a is not ref:
+        if ref is not None and a is not ref and ref in timed:
             base = rounds[timed.index(ref)]
             speedups[a.name] = round(_median(b["p50"] / r["p50"] for b, r in zip(base, kept)), 4)
     return speedups

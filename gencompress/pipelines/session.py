@@ -152,6 +152,10 @@ def prepare(model, config: RunConfig, calibration: Calibration | None = None, pr
     from gencompress.report.metrics import measured_output_range
 
     progress = progress or Progress.current()
+    if config.browser:  # before any work: what --browser lacks, in one line
+        from gencompress.converters.browser_setup import check
+
+        check()
     calibration = calibration or Calibration.noise()
     n_calib, n_eval = auto_sample_counts(model, config.fast)
     used_calib = calibration.samples or n_calib

@@ -51,6 +51,7 @@ def render_html(report: dict, previews=None) -> str:
         "settings": _settings(report["settings"]),
         "artifacts": [_artifact(i, a, report, previews) for i, a in enumerate(report["artifacts"])],
         "gates": _gates(report.get("gates")),
+        "browser": _browser(report),
         "sensitivity": _sensitivity(report.get("sensitivity")),
         "training": _training_charts(report),
         "previews_kept": previews is not None,
@@ -133,12 +134,12 @@ def _search(a: dict, search: dict, report: dict) -> dict:
 def _gates(section: dict | None) -> dict | None:
     if not section:
         return None
-    from gencompress.report.render import GATE_WORDS, gate_value
+    from gencompress.report.render import GATE_WORDS, gate_option, gate_value
 
     def row(c):
         what, unit, bound = GATE_WORDS[c["gate"]]
         return {**c, "what": what, "bound": bound, "unit": unit, "shown": gate_value(c["measured"], c["gate"]),
-                "limit_shown": gate_value(c["limit"], c["gate"])}
+                "limit_shown": gate_value(c["limit"], c["gate"]), "option": gate_option(c)}
 
     limits = [
         (fmt, [(GATE_WORDS[g][0], GATE_WORDS[g][2], gate_value(v, g), GATE_WORDS[g][1]) for g, v in given.items()])
@@ -147,6 +148,13 @@ def _gates(section: dict | None) -> dict | None:
     checks = [row(c) for c in section["checks"]]
     return {"limits": limits, "checks": checks, "failed": [c for c in checks if not c["passed"]], "latency_rounds": section.get("latency_rounds"),
             "latency_round_runs": section.get("latency_round_runs")}
+
+
+def _browser(report: dict) -> dict | None:
+    """The artifacts' browser runs (``--browser``) beside their native p50, or ``None``."""
+    rows = [{"name": Path(a["path"]).name, "run": a["browser"], "native_p50": a["latency_ms"]["p50"]}
+            for a in report["artifacts"] if a.get("browser")]
+    return {"browser": rows[0]["run"]["browser"], "rows": rows} if rows else None
 
 
 def _sensitivity(sensitivity: dict | None) -> list[dict]:

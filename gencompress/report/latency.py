@@ -18,8 +18,15 @@ def measure_latency(
     Warm-up and timed runs each stop at their count or their share of ``max_seconds`` (a fifth
     for warm-up, the rest for timing; at least one warm-up and ``MIN_RUNS`` timed runs), so a
     model that takes half a second per image costs seconds here, not minutes. ``on_run(1)`` is
-    called after each timed run (progress).
+    called after each timed run (progress). A runner with ``timed_runs`` (a browser runtime)
+    runs the same protocol itself and hands back its times: timing it from here would measure
+    the round trip to the page.
     """
+    if hasattr(runner, "timed_runs"):
+        times = runner.timed_runs(sample, warmup, runs, max_seconds, MIN_RUNS)
+        if on_run is not None:
+            on_run(len(times))
+        return _summary(times)
     runner.set_inputs(sample)
     start = time.perf_counter()
     for i in range(warmup):
@@ -36,6 +43,10 @@ def measure_latency(
             on_run(1)
         if i + 1 >= MIN_RUNS and time.perf_counter() - start > max_seconds * 4 / 5:
             break
+    return _summary(times)
+
+
+def _summary(times: list[float]) -> dict:
     return {
         "p50": round(float(np.percentile(times, 50)), 4),
         "p90": round(float(np.percentile(times, 90)), 4),

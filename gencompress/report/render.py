@@ -44,6 +44,51 @@ def terminal_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+BROWSER_HEADER = ["artifact", "runtime", "loads", "PSNR dB", "vs native dB", "p50 ms", "native p50 ms", "p50 ms, threads"]
+
+
+def _browser_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for a in report["artifacts"]:
+        run = a.get("browser")
+        if not run:
+            continue
+        fid = run.get("fidelity") or {}
+        lat, threaded = run.get("latency_ms"), run.get("threads_latency_ms")
+        rows.append([
+            Path(a["path"]).name,
+            f"{run['runtime']} {run['version']}",
+            "yes" if run["loaded"] and not run.get("error") else ("NO" if not run["loaded"] else "runs fail"),
+            _psnr(fid.get("psnr_db")) if fid else "-",
+            _opt(run.get("native_psnr_db")),
+            "-" if not lat else f"{lat['p50']:.3f}",
+            f"{a['latency_ms']['p50']:.3f}",
+            "-" if not threaded else f"{threaded['p50']:.3f} ({run['threads']})",
+        ])
+    return rows
+
+
+def browser_table(report: dict, markdown: bool = False) -> str:
+    """The artifacts in their browser runtimes (``--browser``) beside the native figures; empty
+    when the run did not measure them."""
+    rows = _browser_rows(report)
+    if not rows:
+        return ""
+    run = next(a["browser"] for a in report["artifacts"] if a.get("browser"))
+    title = (f"in the browser ({run['browser']}, WebAssembly; p50 single-threaded and with threads where the page allows; "
+             "PSNR against the float model, 'vs native': against the native runtime's outputs)")
+    errors = [f"{Path(a['path']).name}: {a['browser']['error']}" for a in report["artifacts"] if a.get("browser") and a["browser"].get("error")]
+    if markdown:
+        lines = ["## In the browser", "", title[0].upper() + title[1:] + ".", "", "| " + " | ".join(BROWSER_HEADER) + " |",
+                 "|" + "---|" * len(BROWSER_HEADER)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows] + [f"- {e}" for e in errors])
+    table = [BROWSER_HEADER] + rows
+    widths = [max(len(r[i]) for r in table) for i in range(len(BROWSER_HEADER))]
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join([title] + lines + [f"not in the browser: {e}" for e in errors])
+
+
 def markdown(report: dict) -> str:
     m = report["model"]
     ev = report["evaluation"]
@@ -65,6 +110,8 @@ def markdown(report: dict) -> str:
     lines += ["| " + " | ".join(r) + " |" for r in _rows(report)]
     if report.get("sensitivity"):
         lines += ["", sensitivity_table(report, markdown=True)]
+    if browser_table(report):
+        lines += ["", browser_table(report, markdown=True)]
     notes = [f"- {n}" for n in report.get("notes", [])]
     notes += [f"- `{Path(a['path']).name}`: {n}" for a in report["artifacts"] for n in a.get("notes", [])]
     notes += [f"- {f['format']} {f['precision']} FAILED: {f['error']}" for f in report.get("failures", [])]
@@ -168,8 +215,15 @@ def gate_line(check: dict) -> str:
     what, unit, bound = GATE_WORDS[check["gate"]]
     sep = "" if unit == "x" else " "
     measured = gate_value(check["measured"], check["gate"]) + (f"{sep}{unit}" if unit and check["measured"] is not None else "")
+    option = gate_option(check)
+    where = " in the browser" if check.get("runtime") == "browser" else ""
+    return f"{check['artifact']}: {what}{where} {measured}, limit {bound} {gate_value(check['limit'], check['gate'])} ({option})"
+
+
+def gate_option(check: dict) -> str:
+    """The option that set a gate: ``--min-speedup`` (``--min-speedup browser:`` in the browser)."""
     option = "--" + check["gate"].replace("_", "-")
-    return f"{check['artifact']}: {what} {measured}, limit {bound} {gate_value(check['limit'], check['gate'])} ({option})"
+    return option + (" browser:" if check.get("runtime") == "browser" else "")
 
 
 def gate_failures_table(report: dict) -> str:
@@ -179,7 +233,7 @@ def gate_failures_table(report: dict) -> str:
     if not failed:
         return ""
     rows = [["artifact", "gate", "measured", "limit"]] + [
-        [printable(c["artifact"]), "--" + c["gate"].replace("_", "-"), gate_value(c["measured"], c["gate"]),
+        [printable(c["artifact"]), gate_option(c), gate_value(c["measured"], c["gate"]),
          f"{GATE_WORDS[c['gate']][2]} {gate_value(c['limit'], c['gate'])}"]
         for c in failed
     ]

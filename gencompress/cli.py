@@ -240,7 +240,7 @@ _then = _comma_list(C.MODES + ("qat",), C.MODES)
 @click.option("--layers", callback=_layer_names, help="Layers to prune, comma-separated names [default: every Dense/Conv/ConvTranspose tfmot can prune].")
 @click.option("--skip-first", is_flag=True, help="Leave the first prunable layer dense.")
 @click.option("--skip-last", is_flag=True, help="Leave the last prunable layer (usually the output layer) dense.")
-@training_options(C.PRUNE_TRAINING, "", ("with --structure channels", C.CHANNEL_TRAINING))
+@training_options(C.PRUNE_TRAINING, "")
 @click.option("--then", "then", callback=_then, help="Also quantize the pruned model (and the original, for comparison): comma-separated float16, dynamic, int8, int16x8, qat (pruning-preserving quantization-aware training), or 'all' (post-training ones).")
 @click.option("--min-psnr", default=default_of(P, "min_psnr"), show_default=True, type=float, help="With --then int8: the quantize step's fidelity target for the pruned model, in dB against the original (0 turns the guard off). With --structure channels and no size option: the smallest model meeting it.")
 @gate_options
@@ -274,7 +274,7 @@ def prune_command(model, output_dir, trust_code, custom_objects, sparsity, sched
     config = P(
         sparsity=sparsity, schedule=schedule, begin_step=begin_step, end_step=end_step, structure=structure, layers=layers,
         skip_first=skip_first, skip_last=skip_last,
-        training=_training(C.CHANNEL_TRAINING if structure == "channels" else C.PRUNE_TRAINING, steps, batch_size, learning_rate, distribute, time_budget),
+        training=_training(C.PRUNE_TRAINING, steps, batch_size, learning_rate, distribute, time_budget),
         then=then or (), min_psnr=min_psnr, target_macs=target_macs, target_params=target_params, search=search, importance=importance, **run_kwargs,
     )
     _run("prune", model, output_dir, trust_code, custom_objects, config, calibration, strategy=strategy)
@@ -290,7 +290,7 @@ D = C.DistillConfig
 @click.option("--init", "init", default=default_of(D, "init"), show_default=True, type=click.Choice(C.INITS), help="teacher: the --width student starts from the teacher's most important channels (channel pruning, re-fitted); random: from fresh seeded weights.")
 @click.option("--depth", default=default_of(D, "depth"), show_default=True, type=float, help="Fraction of droppable blocks (shape-preserving conv blocks, residual blocks) the student keeps.")
 @click.option("--student", "student_path", type=click.Path(), help="Student architecture (.h5/.keras) with the teacher's inputs and outputs, instead of --width.")
-@training_options(C.DISTILL_TRAINING, "", ("with --init teacher", C.DISTILL_TEACHER_TRAINING))
+@training_options(C.DISTILL_TRAINING, "")
 @click.option("--loss", default=C.DISTILL_TRAINING.loss, show_default=True, type=click.Choice(C.LOSSES), help="Pixel loss against the teacher's outputs.")
 @click.option("--eval-every", default=C.DISTILL_TRAINING.eval_every, show_default=True, type=int, help="Steps between held-out evaluations (and checkpoints); raised where evaluating would cost over a tenth of the training.")
 @click.option("--patience", default=C.DISTILL_TRAINING.patience, show_default=True, type=int, help="Evaluations without gain before stopping.")
@@ -320,8 +320,7 @@ def distill_command(model, output_dir, trust_code, custom_objects, width, init, 
     _output(model, output_dir)  # before any heavy work
     strategy = _strategy(distribute, cpu_devices)  # before TensorFlow's runtime starts (multi-worker needs it)
     run_kwargs, calibration = _split(run_kwargs, data)
-    defaults = C.DISTILL_TEACHER_TRAINING if init == "teacher" and not student_path else C.DISTILL_TRAINING
-    training = _training(defaults, steps, batch_size, learning_rate, distribute, time_budget, loss=loss, eval_every=eval_every, patience=patience)
+    training = _training(C.DISTILL_TRAINING, steps, batch_size, learning_rate, distribute, time_budget, loss=loss, eval_every=eval_every, patience=patience)
     config = D(
         width=None if student_path else (default_of(D, "width") if width is None else width), depth=depth, feature_weight=feature_loss,
         training=training, then=then or (), min_psnr=min_psnr, checkpoint_dir=checkpoint_dir, init=init, **run_kwargs,

@@ -86,10 +86,8 @@ def run_options(f):
     return f
 
 
-def training_options(defaults: C.TrainingConfig, what: str, other: tuple[str, C.TrainingConfig] | None = None):
-    """Fine-tuning options (``TrainingConfig``), their defaults from ``defaults`` (``other``:
-    ``(when, TrainingConfig)``, a second set of defaults and when it applies)."""
-    lr = f"{defaults.learning_rate:g}" + (f"; {other[1].learning_rate:g} {other[0]}" if other else "")
+def training_options(defaults: C.TrainingConfig, what: str):
+    """Fine-tuning options (``TrainingConfig``), their defaults from ``defaults``."""
 
     def decorate(f):
         for option in reversed(
@@ -97,7 +95,7 @@ def training_options(defaults: C.TrainingConfig, what: str, other: tuple[str, C.
                 click.option("--steps", type=int, help=f"{what}most training steps (stops early when held-out PSNR stalls) [default: what fits in {defaults.target_seconds:g} s at the model's measured cost, at most {defaults.max_steps}; the report records the choice]."),
                 click.option("--batch-size", type=int, help=f"{what}batch size (global: split across replicas when distributed) [default: {defaults.max_batch_size}, halved down to {defaults.min_batch_size} for models too costly for enough steps in that time]."),
                 click.option("--time-budget", help=f"{what}stop fine-tuning when this much time is spent, e.g. 90s, 10m, 1h (the best weights so far are kept; shared by both fine-tunings with --then qat) [default: none]."),
-                click.option("--learning-rate", type=float, help=f"{what}Adam learning rate (halved on plateaus) [default: {lr}]."),
+                click.option("--learning-rate", type=float, help=f"{what}Adam learning rate (halved on plateaus) [default: {defaults.learning_rate:g}]."),
                 click.option("--data", type=click.Path(), help=f"{what}inputs to calibrate and train on: a .npy/.npz file or an image folder (as --calibration; default: noise)."),
                 click.option("--distribute", type=click.Choice(C.DISTRIBUTE), help=f"{what}mirrored: all local GPUs (or logical CPUs); multi-worker: the cluster in TF_CONFIG [default: none]."),
                 click.option("--cpu-devices", type=int, hidden=True, help="Split the CPU into N logical devices (to try --distribute mirrored without GPUs)."),

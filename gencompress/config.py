@@ -242,13 +242,6 @@ class TrainingConfig:
 QAT_TRAINING = TrainingConfig(max_steps=1000, max_batch_size=32, learning_rate=1e-5, patience=10)
 PRUNE_TRAINING = TrainingConfig(max_steps=1000, max_batch_size=64, learning_rate=1e-3)
 DISTILL_TRAINING = TrainingConfig(max_steps=3000, max_batch_size=32, learning_rate=2e-3, eval_every=100, patience=5, target_seconds=360.0)
-# A channel-pruned model (and a student made from the teacher's channels) starts as a least-squares
-# re-fit of the teacher: Adam at 1e-3 throws that away in its first steps (catgan at half the
-# MACs: 35.5 dB re-fitted, 22.0 dB after 38 steps). From the re-fit, rauzan_cgan (600 steps at batch
-# 32, from 28.4 dB): 1e-3 28.7 dB, 3e-4 32.4, 1e-4 32.7, 3e-5 31.6; catgan (120 steps at batch 16,
-# from 35.1 dB): 3e-4 33.7 (below the start), 1e-4 36.0, 3e-5 36.3.
-CHANNEL_TRAINING = dataclasses.replace(PRUNE_TRAINING, learning_rate=1e-4)
-DISTILL_TEACHER_TRAINING = dataclasses.replace(DISTILL_TRAINING, learning_rate=1e-4)
 
 
 @dataclass(frozen=True)
@@ -378,8 +371,6 @@ class PruneConfig(_QuantizeStep):
         if not (0.0 < self.sparsity < 1.0):
             raise OptionError(f"--sparsity must be between 0 and 1 (exclusive), got {self.sparsity}")
         self._check_channel_options()
-        if self.structure == "channels" and self.training is PRUNE_TRAINING:  # the default, for channels
-            object.__setattr__(self, "training", CHANNEL_TRAINING)
         if self.schedule not in SCHEDULES:
             raise OptionError(f"unknown schedule '{self.schedule}' (choose from {', '.join(SCHEDULES)})")
         if self.structure is not None:
@@ -409,6 +400,10 @@ class PruneConfig(_QuantizeStep):
             if targets:
                 raise OptionError(f"--{targets[0].replace('_', '-')} applies to --structure channels")
             return
+        tfmot_only = [o for o, unset in (("--layers", self.layers is None), ("--skip-first", not self.skip_first), ("--skip-last", not self.skip_last),
+                                            ("--begin-step", self.begin_step == 0), ("--end-step", self.end_step is None)) if not unset]
+        if tfmot_only:
+            raise OptionError(f"{', '.join(tfmot_only)} appl{'y' if len(tfmot_only) > 1 else 'ies'} to weight pruning, not --structure channels")
         if len(targets) > 1:
             raise OptionError("give one size target for --structure channels: --sparsity, --target-macs, --target-params, or --min-psnr alone")
         for name in ("target_macs", "target_params"):
@@ -489,8 +484,6 @@ class DistillConfig(_QuantizeStep):
         super().__post_init__()
         if self.init not in INITS:
             raise OptionError(f"unknown --init '{self.init}' (choose from {', '.join(INITS)})")
-        if self.init == "teacher" and self.width is not None and self.training is DISTILL_TRAINING:  # the default, from the teacher
-            object.__setattr__(self, "training", DISTILL_TEACHER_TRAINING)
         if self.width is not None and not (_finite(self.width) and 0.0 < self.width <= 1.0):
             raise OptionError(f"--width must be in (0, 1], got {self.width}")
         if not (0.0 <= self.depth <= 1.0):
@@ -509,6 +502,5 @@ def replace(config, **changes):
 
 __all__ = [
     "RunConfig", "TrainingConfig", "Gates", "FormatGates", "QuantizeConfig", "ExportConfig", "AnalyzeConfig", "PruneConfig",
-    "DistillConfig", "QAT_TRAINING", "PRUNE_TRAINING", "DISTILL_TRAINING", "CHANNEL_TRAINING", "DISTILL_TEACHER_TRAINING", "default_of",
-    "parse_duration",
+    "DistillConfig", "QAT_TRAINING", "PRUNE_TRAINING", "DISTILL_TRAINING", "default_of", "parse_duration",
 ]

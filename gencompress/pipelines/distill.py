@@ -88,6 +88,10 @@ def _distill(session: Session, teacher, config: DistillConfig, student, student_
         directory = Path(config.checkpoint_dir) / subdir if subdir else Path(config.checkpoint_dir)
         checkpoint = TrainingCheckpoint(directory, _run_signature(teacher, student_keras, config, session))
     init = _initialise(session, teacher, student_keras, plan, config, checkpoint) if student is None else None
+    if init and init["kind"] == "teacher":  # from the teacher's channels: steps as large as where it starts calls for
+        from gencompress.compress.channels.training import start_learning_rate
+
+        training = dataclasses.replace(training, learning_rate=start_learning_rate(training.learning_rate, init["psnr_start_db"]))
     training, ft_plan = _plan(session, teacher, student_keras, training, config.seed, strategy, checkpoint)
     source, val = training_sources(teacher, session.calibration, training.batch_size, config.seed, session.config.eval_samples)
     result, pairs = train_student(

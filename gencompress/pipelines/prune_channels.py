@@ -50,8 +50,9 @@ def _run(session: Session, model, teacher, config: PruneConfig, strategy) -> Res
     source, val = sources(MEASURE_BATCH)
     pruner = ChannelPruner(teacher, source, val, session.output_range, config.importance, config.seed, session.progress)
 
-    def train(keras_model, training):
-        return finetune_pruned(keras_model, teacher, sources, session.output_range, training, progress=session.progress, strategy=strategy)
+    def train(keras_model, training, start_db):
+        return finetune_pruned(keras_model, teacher, sources, session.output_range, training, start_db=start_db, progress=session.progress,
+                               strategy=strategy)
 
     kind, value = config.channel_target()
     search, met = None, True
@@ -61,7 +62,7 @@ def _run(session: Session, model, teacher, config: PruneConfig, strategy) -> Res
     else:
         counts, met = pruner.counts_for(kind, value)
         cand = pruner.prune(counts)
-        cand.model, result, kept = train(cand.model, config.training)
+        cand.model, result, kept = train(cand.model, config.training, cand.psnr_db)
     name = derived_model_name(model, "pruned")
     saved = save_keras(cand.model, session.workdir / name)
     session.files[name] = saved
@@ -91,9 +92,13 @@ def _qat(session: Session, derived: Session, config: PruneConfig, pruned_keras, 
 
     budget = config.training.time_budget
     training = QAT_TRAINING if budget is None else dataclasses.replace(QAT_TRAINING, time_budget=budget / 2)
-    qat = add_qat_artifacts(derived, training, pruned_keras, teacher=teacher, tag="pruned-qat", strategy=strategy)
-    session.artifacts.extend(a for a in derived.artifacts if a.variant == "pruned-qat")
-    return qat
+    qat = add_qat_artifacts(derived, training, pruned_keras, teacher=teacher, tag="qat", strategy=strategy)  # <stem>-pruned-qat.int8.*
+    for a in derived.artifacts:
+        if a.variant == "qat":
+            a.variant = "pruned-qat"
+            session.artifacts.append(a)
+    session.failures.extend(f.model_copy(update={"variant": "pruned-qat"}) for f in derived.failures if f.variant == "qat")
+    return qat.model_copy(update={"variant": "pruned-qat"})
 
 
 def section(pruner, cand, result, kept_start, rows, saved, config: PruneConfig, met: bool, search) -> ChannelPruningSection:
@@ -151,7 +156,9 @@ def comparison(session: Session) -> list[dict]:
         for base, a in pairs:
             runs = int(min(10, max(2, PAIR_SECONDS / (2 * ROUNDS * max(base.latency_ms.p50, a.latency_ms.p50, 1e-3) / 1000.0))))
             runners = [session.runner(base.path, base.format), session.runner(a.path, a.format)]
-            timed = [[measure_latency(r, sample, warmup=1, runs=runs, max_seconds=1e9)["p50"] for r in runners] for _ in range(ROUNDS)]
+            for r in runners:  # warm both once; the rounds then time back to back
+                measure_latency(r, sample, warmup=1, runs=1, max_seconds=1e9)
+            timed = [[measure_latency(r, sample, warmup=0, runs=runs, max_seconds=1e9)["p50"] for r in runners] for _ in range(ROUNDS)]
             phase.update()
             rows.append({
                 "format": a.format, "precision": _slot(a) + (" (qat)" if a.variant == "pruned-qat" else ""),

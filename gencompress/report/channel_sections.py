@@ -50,7 +50,7 @@ def channel_summary(report: dict) -> str:
         )
     for a in c.get("search") or []:
         lines.append(_attempt(a))
-    lines += [f"note: {n}" for n in c["notes"]]
+    lines += [f"note: {n}" for n in c["notes"] + c["finetune"].get("notes", [])]
     lines += [f"note: {Path(a['path']).name}: {n}" for a in report["artifacts"] for n in a.get("notes", [])]
     lines.append(f"pruned model: {c['pruned_model']}")
     return "\n".join(lines)
@@ -78,7 +78,7 @@ def channel_markdown(c: dict) -> str:
         ]
     if c.get("search"):
         lines += ["", "Sizes tried:", ""] + [f"- {_attempt(a)}" for a in c["search"]]
-    lines += [""] + [f"- note: {n}" for n in c["notes"]] + [""]
+    lines += [""] + [f"- note: {n}" for n in c["notes"] + c["finetune"].get("notes", [])] + [""]
     return "\n".join(lines)
 
 

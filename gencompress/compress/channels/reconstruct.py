@@ -19,12 +19,14 @@ from __future__ import annotations
 import numpy as np
 
 from gencompress.compress.channels.graph import ChannelGraph, tensor_key
-from gencompress.compress.channels.refit import REFITTABLE, Normal, PatchLayout, refit_weights
+from gencompress.compress.channels.refit import REFITTABLE, Normal, PatchLayout, WeightedNormal, refit_weights
 from gencompress.tfenv import import_keras, import_tf
 
 ROWS_PER_COLUMN = 8  # sampled positions per unknown of a layer's equations (rauzan at 47 % MACs: 2x 24.4 dB, 4x 26.8, 8x 28.4 before fine-tuning)
 MIN_ROWS, MAX_ROWS = 4096, 65536
 TAP_FLOATS = 5e7  # input values of the tapped layers held at once (a batch is cut to fit)
+SATURATING = {"tanh", "sigmoid"}
+WEIGHTED_OUTPUTS = 16  # a layer with more outputs than this is fitted unweighted (one system per output)
 
 
 class Reconstruction:
@@ -68,17 +70,37 @@ class Reconstruction:
         out = model(xs if len(xs) > 1 else xs[0], training=False)
         return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
 
+    def saturation(self, name: str) -> str | None:
+        """``tanh``/``sigmoid`` when ``name``'s output goes through one (its own activation, or an
+        ``Activation`` layer right after it) and it has few output channels: its re-fit is then
+        weighted by the activation's slope (``refit.WeightedNormal``)."""
+        node = self.nodes[name]
+        if self.layers[name].outputs > WEIGHTED_OUTPUTS:
+            return None
+        own = node.layer.get_config().get("activation")
+        if own in SATURATING:
+            return own
+        readers = [n for n in self.graph.nodes if any(tensor_key(t) == tensor_key(node.outputs[0]) for t in n.inputs)]
+        if own == "linear" and len(readers) == 1 and readers[0].cls == "Activation":
+            after = readers[0].layer.get_config().get("activation")
+            return after if after in SATURATING else None
+        return None
+
+    def _normal(self, name: str, columns: int):
+        lay = self.layers[name]
+        if name in self.slopes:
+            return WeightedNormal(columns, lay.has_bias, lay.outputs)
+        return Normal(columns, lay.has_bias, lay.outputs)
+
     def _gather(self) -> None:
-        """Per layer: sampled positions, the Gram matrix of its full patches, the targets."""
+        """Per layer: sampled positions, the Gram matrix of its full patches, the targets (and
+        their slope weights under a saturating activation)."""
         names = list(self.layers)
         n = sum(len(next(iter(b.values()))) for b in self.batches)
-        self.where = {k: [] for k in names}
-        self.targets = {k: [] for k in names}
-        self.normal = {}
+        self.where, self.targets, self.row_weights = ({k: [] for k in names} for _ in range(3))
+        self.slopes = {k: a for k in names if (a := self.saturation(k)) is not None}
         self.weights = {k: self.teacher.get_layer(k).get_weights() for k in names}
-        for k in names:
-            lay = self.layers[k]
-            self.normal[k] = Normal(lay.taps * lay.channels, lay.has_bias)
+        self.normal = {k: self._normal(k, self.layers[k].taps * self.layers[k].channels) for k in names}
         if not names:
             return
         for batch in self.batches:
@@ -88,9 +110,14 @@ class Reconstruction:
                 rows = int(np.clip(ROWS_PER_COLUMN * (lay.taps * lay.channels + 1), MIN_ROWS, MAX_ROWS))
                 where = lay.sample_positions(len(x), max(1, -(-rows * len(x) // n)), self.rng)
                 p = lay.patches(x, where)
+                y = lay.linear(p, self.weights[k]).astype(np.float32)
                 self.where[k].append(where)
-                self.targets[k].append(lay.linear(p, self.weights[k]).astype(np.float32))
-                self.normal[k].add(p)
+                self.targets[k].append(y)
+                if k in self.slopes:
+                    self.row_weights[k].append(_slope_squared(self.slopes[k], y))
+                    self.normal[k].add(p, None, self.row_weights[k][-1])
+                else:
+                    self.normal[k].add(p)
 
     def alone(self, name: str, kept: np.ndarray | None) -> list[np.ndarray]:
         """``name``'s weights re-fitted to the teacher's outputs from the kept input channels
@@ -100,7 +127,8 @@ class Reconstruction:
         if lay.has_bias:
             wb = np.concatenate([wb, w[1][None, :]], axis=0)
         normal = self.normal[name]
-        solution = normal.solve(normal.gram @ wb, lay.columns(kept))
+        rhs = normal.teacher_rhs(wb) if name in self.slopes else normal.gram @ wb
+        solution = normal.solve(rhs, lay.columns(kept))
         return refit_weights(lay, w, solution, kept)
 
     def refit(self, probe, selection: dict, kept: dict, on_layer=None) -> list[str]:
@@ -113,12 +141,15 @@ class Reconstruction:
                 continue
             lay = self.layers[name]
             kin = self.graph.tensor_kept(kept, self.nodes[name].inputs[0])
-            normal = Normal(len(lay.columns(kin)), lay.has_bias, lay.outputs)
+            normal = self._normal(name, len(lay.columns(kin)))
             taps = probe.taps([name])
-            for batch, where, y in zip(self.batches, self.where[name], self.targets[name]):
+            for i, (batch, where, y) in enumerate(zip(self.batches, self.where[name], self.targets[name])):
                 xs = [batch[k] for k in probe.input_names] + probe.masks(selection, len(next(iter(batch.values()))))
                 x = np.asarray(taps(xs, training=False))
-                normal.add(lay.patches(x, where, kin), y)
+                if name in self.slopes:
+                    normal.add(lay.patches(x, where, kin), y, self.row_weights[name][i])
+                else:
+                    normal.add(lay.patches(x, where, kin), y)
             layer = probe.model.get_layer(name)
             layer.set_weights(refit_weights(lay, layer.get_weights(), normal.solve(), kin))
             done.append(name)
@@ -128,6 +159,17 @@ class Reconstruction:
 
     def _channels(self, root) -> int:
         return self.graph.size_of[root]
+
+
+def _slope_squared(activation: str, y: np.ndarray) -> np.ndarray:
+    """The squared slope of ``activation`` at pre-activation values ``y`` (with a floor: a row
+    deep in saturation still counts a little)."""
+    if activation == "tanh":
+        slope = 1.0 - np.tanh(y.astype(np.float64)) ** 2
+    else:
+        s = 1.0 / (1.0 + np.exp(-np.clip(y.astype(np.float64), -60, 60)))
+        slope = s * (1.0 - s) * 4.0  # 1 at 0, as tanh's
+    return (np.maximum(slope, 1e-3) ** 2).astype(np.float32)
 
 
 def batchnorm_after(graph: ChannelGraph, roots) -> list[str]:

@@ -168,6 +168,49 @@ class Normal:
         return _solve_spd(g, rhs[idx])
 
 
+class WeightedNormal:
+    """The normal equations of a layer whose outputs go through a saturating activation
+    (tanh, sigmoid): each row and output channel weighted by the activation's slope at the
+    teacher's value squared, so that the fit spends itself where the outputs can see it, not
+    on logits deep in saturation (fmnist_cgan's last layer: logits from -229 to 509, under a
+    sigmoid). One system per output channel (such layers have a handful)."""
+
+    def __init__(self, columns: int, has_bias: bool, outputs: int):
+        k = columns + int(has_bias)
+        self.has_bias, self.outputs = has_bias, outputs
+        self.grams = [np.zeros((k, k)) for _ in range(outputs)]
+        self.rhs = np.zeros((k, outputs))
+        self.rows = 0
+
+    def add(self, patches: np.ndarray, targets: np.ndarray | None, weights: np.ndarray) -> None:
+        for i in range(0, len(patches), CHUNK_ROWS):
+            a = patches[i : i + CHUNK_ROWS].astype(np.float32)
+            if self.has_bias:
+                a = np.concatenate([a, np.ones((len(a), 1), np.float32)], axis=1)
+            for o in range(self.outputs):
+                root = np.sqrt(weights[i : i + CHUNK_ROWS, o : o + 1]).astype(np.float32)
+                aw = a * root
+                self.grams[o] += aw.T @ aw
+                if targets is not None:
+                    self.rhs[:, o] += aw.T @ (root[:, 0] * targets[i : i + CHUNK_ROWS, o].astype(np.float32))
+        self.rows += len(patches)
+
+    def solve(self, rhs: np.ndarray | None = None, columns: np.ndarray | None = None) -> np.ndarray:
+        """As ``Normal.solve``, one weighted system per output channel; ``rhs`` (given for a
+        re-fit from the teacher's own outputs) is ``(columns [+ 1], outputs)`` as well."""
+        rhs = self.rhs if rhs is None else rhs
+        parts = []
+        for o in range(self.outputs):
+            one = Normal(0, self.has_bias)
+            one.gram = self.grams[o]
+            parts.append(one.solve(rhs[:, o : o + 1], columns))
+        return np.concatenate(parts, axis=1)
+
+    def teacher_rhs(self, wb: np.ndarray) -> np.ndarray:
+        """The right-hand sides when the targets are the teacher's own outputs: ``G_o @ wb[:, o]``."""
+        return np.stack([g @ wb[:, o] for o, g in enumerate(self.grams)], axis=1)
+
+
 def _solve_spd(g: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """``g⁻¹ rhs`` for a symmetric positive definite ``g``: TensorFlow's Cholesky (float64, all
     cores: twice numpy's LU here), least squares where it is not positive definite."""

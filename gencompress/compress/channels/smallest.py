@@ -19,8 +19,8 @@ TRIALS = 2
 
 
 def smallest_meeting(pruner, target_db: float, training, train) -> tuple:
-    """``(candidate, FinetuneResult, kept_start, attempts)``. ``train(model, training)`` runs
-    ``finetune_pruned`` (returns model, result, kept_start); ``training`` is the command's
+    """``(candidate, FinetuneResult, kept_start, attempts)``. ``train(model, training, start_db)``
+    runs ``finetune_pruned`` (returns model, result, kept_start); ``training`` is the command's
     fine-tuning (its time budget, or its target seconds, is the search's budget)."""
     budget = training.time_budget or training.target_seconds
     start = time.perf_counter()
@@ -35,7 +35,7 @@ def smallest_meeting(pruner, target_db: float, training, train) -> tuple:
                        "fine_tuned": False, "psnr_db": cand.psnr_db, "seconds": cand.seconds, "passed": cand.psnr_db >= target_db}
         cand, row = tried[i][0], rows[i]
         if not row["passed"] and trial_seconds and not row["fine_tuned"]:
-            cand.model, result, kept = train(cand.model, dataclasses.replace(training, time_budget=trial_seconds, steps=None))
+            cand.model, result, kept = train(cand.model, dataclasses.replace(training, time_budget=trial_seconds, steps=None), cand.psnr_db)
             tried[i][1:] = [result, kept]
             best = result.final_psnr_db
             row.update(fine_tuned=True, psnr_db=None if best is None else round(float(best), 3), steps=result.steps_run,
@@ -54,6 +54,7 @@ def smallest_meeting(pruner, target_db: float, training, train) -> tuple:
     cand, result, kept = tried[pick]
     left = budget - (time.perf_counter() - start)
     if result is None or left > 0.1 * budget:
-        cand.model, result, kept = train(cand.model, dataclasses.replace(training, time_budget=max(left, 0.1 * budget), steps=None))
+        start_db = cand.psnr_db if result is None else result.final_psnr_db
+        cand.model, result, kept = train(cand.model, dataclasses.replace(training, time_budget=max(left, 0.1 * budget), steps=None), start_db)
     attempts = [dict(rows[i], picked=i == pick) for i in rows]
     return cand, result, kept, attempts

@@ -224,3 +224,52 @@ def test_allocation_meets_each_kind_of_target(keras):
     assert cand.macs == count_macs(cand.model).total <= 0.6 * pruner.macs
     # The re-fit of the layer after the cut channels can only bring the outputs closer.
     assert cand.psnr_refit_db >= cand.psnr_removed_db and cand.refit_layers == ["residual"]
+
+
+def test_refit_through_a_saturating_output(keras):
+    """Under a tanh, logits far into saturation do not matter: the Gauss-Newton re-fit minimizes
+    the error after the activation, the plain linear fit the logits' (spent on the saturated
+    ones). Both drop the same input channel, which the others carry in part."""
+    from gencompress.compress.channels.refit import activate, fit_through
+
+    rng = np.random.default_rng(5)
+    layer = keras.layers.Dense(2)
+    layer(keras.Input((6,)))
+    layer.set_weights([rng.standard_normal((6, 2)).astype("float32") * 3.0, np.zeros(2, "float32")])
+    x = rng.standard_normal((4000, 6)).astype("float32")
+    x[:, 5] = np.abs(x[:, 0]) * 2.0 + 0.3 * x[:, 5]  # the dropped input: a nonlinear function of a kept one
+    layout = PatchLayout(layer, (6,), (2,))
+    where = layout.sample_positions(len(x), len(x), rng)
+    y = layout.linear(layout.patches(x, where), layer.get_weights())
+    kept = np.arange(5)
+    p = layout.patches(x, where, kept)
+    plain = Normal(5, True, 2)
+    plain.add(p, y)
+
+    def output_error(solution):
+        return float(np.mean((activate("tanh", p @ solution[:5] + solution[5]) - np.tanh(y)) ** 2))
+
+    assert output_error(fit_through("tanh", p, y, True)) < 0.8 * output_error(plain.solve())
+
+
+def test_learning_rate_follows_the_start():
+    from gencompress.compress.channels.training import start_learning_rate
+
+    assert start_learning_rate(1e-3, 15.0) == 1e-3 and start_learning_rate(1e-3, None) == 1e-3
+    assert start_learning_rate(1e-3, 35.0) == 1e-4
+    assert start_learning_rate(1e-3, 25.0) == pytest.approx(3.16e-4)
+
+
+def test_macs_of_every_counted_layer(keras):
+    from gencompress.report.macs import count_macs, layer_macs
+
+    x = keras.Input((8, 8, 4))
+    y = keras.layers.Conv2D(6, 3, strides=2, padding="same", name="c")(x)  # 4x4 x 9 x 4 x 6
+    y = keras.layers.Conv2DTranspose(5, 3, strides=2, padding="same", name="t")(y)  # 4x4 inputs x 9 x 6 x 5
+    y = keras.layers.DepthwiseConv2D(3, padding="same", name="d")(y)  # 8x8 x 9 x 5
+    y = keras.layers.SeparableConv2D(2, 3, padding="same", name="s")(y)  # 8x8 x (9 x 5 + 5 x 2)
+    y = keras.layers.Dense(3, name="fc")(keras.layers.Flatten()(y))  # 128 x 3
+    counted = count_macs(keras.Model(x, y))
+    want = {"c": 16 * 9 * 4 * 6, "t": 16 * 9 * 6 * 5, "d": 64 * 9 * 5, "s": 64 * (45 + 10), "fc": 128 * 3}
+    assert {r["name"]: r["macs"] for r in counted.layers} == want and counted.total == sum(want.values())
+    assert layer_macs(keras.layers.LSTM(7), (10, 3), (7,)) == 10 * 4 * (3 + 7) * 7

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from gencompress.compress.channels.graph import ChannelGraph, tensor_key
-from gencompress.compress.channels.refit import REFITTABLE, Normal, PatchLayout, WeightedNormal, refit_weights
+from gencompress.compress.channels.refit import REFITTABLE, Normal, PatchLayout, WeightedNormal, fit_through, refit_weights, slope
 from gencompress.tfenv import import_keras, import_tf
 
 ROWS_PER_COLUMN = 8  # sampled positions per unknown of a layer's equations (rauzan at 47 % MACs: 2x 24.4 dB, 4x 26.8, 8x 28.4 before fine-tuning)
@@ -27,6 +27,7 @@ MIN_ROWS, MAX_ROWS = 4096, 65536
 TAP_FLOATS = 5e7  # input values of the tapped layers held at once (a batch is cut to fit)
 SATURATING = {"tanh", "sigmoid"}
 WEIGHTED_OUTPUTS = 16  # a layer with more outputs than this is fitted unweighted (one system per output)
+THIN_ROWS = 16384
 
 
 class Reconstruction:
@@ -99,6 +100,8 @@ class Reconstruction:
         n = sum(len(next(iter(b.values()))) for b in self.batches)
         self.where, self.targets, self.row_weights = ({k: [] for k in names} for _ in range(3))
         self.slopes = {k: a for k in names if (a := self.saturation(k)) is not None}
+        # Gauss-Newton keeps its rows in memory: at most THIN_ROWS of them
+        self.thin = {k: max(1, -(-self._rows(k) // THIN_ROWS)) for k in self.slopes}
         self.weights = {k: self.teacher.get_layer(k).get_weights() for k in names}
         self.normal = {k: self._normal(k, self.layers[k].taps * self.layers[k].channels) for k in names}
         if not names:
@@ -107,8 +110,7 @@ class Reconstruction:
             xs = self._teacher_inputs(names, batch)
             for k, x in zip(names, xs):
                 lay = self.layers[k]
-                rows = int(np.clip(ROWS_PER_COLUMN * (lay.taps * lay.channels + 1), MIN_ROWS, MAX_ROWS))
-                where = lay.sample_positions(len(x), max(1, -(-rows * len(x) // n)), self.rng)
+                where = lay.sample_positions(len(x), max(1, -(-self._rows(k) * len(x) // n)), self.rng)
                 p = lay.patches(x, where)
                 y = lay.linear(p, self.weights[k]).astype(np.float32)
                 self.where[k].append(where)
@@ -118,6 +120,10 @@ class Reconstruction:
                     self.normal[k].add(p, None, self.row_weights[k][-1])
                 else:
                     self.normal[k].add(p)
+
+    def _rows(self, name: str) -> int:
+        lay = self.layers[name]
+        return int(np.clip(ROWS_PER_COLUMN * (lay.taps * lay.channels + 1), MIN_ROWS, MAX_ROWS))
 
     def alone(self, name: str, kept: np.ndarray | None) -> list[np.ndarray]:
         """``name``'s weights re-fitted to the teacher's outputs from the kept input channels
@@ -141,17 +147,23 @@ class Reconstruction:
                 continue
             lay = self.layers[name]
             kin = self.graph.tensor_kept(kept, self.nodes[name].inputs[0])
-            normal = self._normal(name, len(lay.columns(kin)))
+            normal = Normal(len(lay.columns(kin)), lay.has_bias, lay.outputs)
             taps = probe.taps([name])
-            for i, (batch, where, y) in enumerate(zip(self.batches, self.where[name], self.targets[name])):
+            kept_rows = []  # under a saturating activation: the rows, for Gauss-Newton
+            for batch, where, y in zip(self.batches, self.where[name], self.targets[name]):
                 xs = [batch[k] for k in probe.input_names] + probe.masks(selection, len(next(iter(batch.values()))))
-                x = np.asarray(taps(xs, training=False))
+                p = lay.patches(np.asarray(taps(xs, training=False)), where, kin)
                 if name in self.slopes:
-                    normal.add(lay.patches(x, where, kin), y, self.row_weights[name][i])
+                    kept_rows.append((p[::self.thin[name]], y[::self.thin[name]]))
                 else:
-                    normal.add(lay.patches(x, where, kin), y)
+                    normal.add(p, y)
+            if name in self.slopes:
+                solution = fit_through(self.slopes[name], np.concatenate([p for p, _ in kept_rows]), np.concatenate([y for _, y in kept_rows]),
+                                       lay.has_bias)
+            else:
+                solution = normal.solve()
             layer = probe.model.get_layer(name)
-            layer.set_weights(refit_weights(lay, layer.get_weights(), normal.solve(), kin))
+            layer.set_weights(refit_weights(lay, layer.get_weights(), solution, kin))
             done.append(name)
             if on_layer is not None:
                 on_layer(name)
@@ -164,12 +176,7 @@ class Reconstruction:
 def _slope_squared(activation: str, y: np.ndarray) -> np.ndarray:
     """The squared slope of ``activation`` at pre-activation values ``y`` (with a floor: a row
     deep in saturation still counts a little)."""
-    if activation == "tanh":
-        slope = 1.0 - np.tanh(y.astype(np.float64)) ** 2
-    else:
-        s = 1.0 / (1.0 + np.exp(-np.clip(y.astype(np.float64), -60, 60)))
-        slope = s * (1.0 - s) * 4.0  # 1 at 0, as tanh's
-    return (np.maximum(slope, 1e-3) ** 2).astype(np.float32)
+    return (np.maximum(slope(activation, y.astype(np.float64)), 1e-3) ** 2).astype(np.float32)
 
 
 def batchnorm_after(graph: ChannelGraph, roots) -> list[str]:

@@ -211,6 +211,54 @@ class WeightedNormal:
         return np.stack([g @ wb[:, o] for o, g in enumerate(self.grams)], axis=1)
 
 
+GAUSS_NEWTON_STEPS = 3
+MIN_SLOPE = 0.05  # where the student sits deep in saturation, a step is taken as if the slope were this
+
+
+def activate(activation: str, z: np.ndarray) -> np.ndarray:
+    if activation == "tanh":
+        return np.tanh(z)
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+
+
+def slope(activation: str, z: np.ndarray) -> np.ndarray:
+    """The activation's derivative (sigmoid's times 4: 1 at 0, as tanh's; the scale is common to
+    every row and does not change a weighted fit)."""
+    if activation == "tanh":
+        return 1.0 - np.tanh(z) ** 2
+    s = activate(activation, z)
+    return 4.0 * s * (1.0 - s)
+
+
+def fit_through(activation: str, patches: np.ndarray, targets: np.ndarray, has_bias: bool) -> np.ndarray:
+    """Least squares of ``activation(patches @ w + b)`` against ``activation(targets)`` (the
+    teacher's pre-activation outputs), by Gauss-Newton from the plain linear fit: each step a
+    fit weighted by the activation's slope squared, at the current outputs. Of the plain fit and
+    the steps, the one closest after the activation is returned (``(columns [+ 1], outputs)``)."""
+    cols, outputs = patches.shape[1], targets.shape[1]
+    want = activate(activation, targets.astype(np.float64))
+    plain = Normal(cols, has_bias, outputs)
+    plain.add(patches, targets)
+    found = [plain.solve()]
+    z_target, weights = targets, np.maximum(slope(activation, targets.astype(np.float64)), 1e-3) ** 2
+    for _ in range(GAUSS_NEWTON_STEPS):
+        step = WeightedNormal(cols, has_bias, outputs)
+        step.add(patches, z_target, weights.astype(np.float32))
+        found.append(step.solve())
+        z = _linear(patches, found[-1], has_bias)
+        s = slope(activation, z)
+        z_target = (z + (want - activate(activation, z)) / np.maximum(s, MIN_SLOPE)).astype(np.float32)
+        weights = np.maximum(s, 1e-3) ** 2
+    errors = [float(np.mean((activate(activation, _linear(patches, w, has_bias)) - want) ** 2)) for w in found]
+    return found[int(np.argmin(errors))]
+
+
+def _linear(patches: np.ndarray, solution: np.ndarray, has_bias: bool) -> np.ndarray:
+    cols = patches.shape[1]
+    out = patches.astype(np.float64) @ solution[:cols]
+    return out + solution[cols] if has_bias else out
+
+
 def _solve_spd(g: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """``g⁻¹ rhs`` for a symmetric positive definite ``g``: TensorFlow's Cholesky (float64, all
     cores: twice numpy's LU here), least squares where it is not positive definite."""

@@ -156,8 +156,15 @@ class ChannelPruner:
         copy_weights(self.teacher, self.probe.model)  # start from the teacher's weights every time
         cand = Candidate(None, dict(counts), self.cost.macs(counts), self.cost.params(counts))
         cand.psnr_removed_db = self._psnr(self.probe.outputs(self.held, selection))
+        def judge(name: str, options: list) -> int:  # the fit that generalizes: measured on the held-out samples
+            layer, errors = self.probe.model.get_layer(name), []
+            for weights in options:
+                layer.set_weights(weights)
+                errors.append(_mse(self.probe.outputs(self.held, selection), self.reference))
+            return int(np.argmin(errors))
+
         with self.progress.phase("channels: re-fitting the layers that read pruned channels") as phase:
-            cand.refit_layers = self.reconstruction.refit(self.probe, selection, kept, on_layer=phase.describe)
+            cand.refit_layers = self.reconstruction.refit(self.probe, selection, kept, on_layer=phase.describe, judge=judge)
         refit_out = self.probe.outputs(self.held, selection)
         cand.psnr_refit_db = cand.psnr_db = self._psnr(refit_out)
         norms = batchnorm_after(self.graph, set(selection))

@@ -137,9 +137,12 @@ class Reconstruction:
         solution = normal.solve(rhs, lay.columns(kept))
         return refit_weights(lay, w, solution, kept)
 
-    def refit(self, probe, selection: dict, kept: dict, on_layer=None) -> list[str]:
+    def refit(self, probe, selection: dict, kept: dict, on_layer=None, judge=None) -> list[str]:
         """Re-fit, in order, every layer downstream of the channels ``selection`` removes, on
-        the probe's own (masked, already re-fitted) inputs; the probe's weights change."""
+        the probe's own (masked, already re-fitted) inputs; the probe's weights change. Under a
+        tanh/sigmoid the plain and the Gauss-Newton fit are both made and ``judge`` (``[weights
+        of the layer] -> index``, measuring on samples of its own) picks one; without a judge,
+        Gauss-Newton. Returns the layers re-fitted (``name (gauss-newton)`` where that won)."""
         roots = {r for r, idx in selection.items() if len(idx) < self._channels(r)}
         done = []
         for name in self.downstream(roots):
@@ -157,14 +160,17 @@ class Reconstruction:
                     kept_rows.append((p[::self.thin[name]], y[::self.thin[name]]))
                 else:
                     normal.add(p, y)
-            if name in self.slopes:
-                solution = fit_through(self.slopes[name], np.concatenate([p for p, _ in kept_rows]), np.concatenate([y for _, y in kept_rows]),
-                                       lay.has_bias)
-            else:
-                solution = normal.solve()
             layer = probe.model.get_layer(name)
-            layer.set_weights(refit_weights(lay, layer.get_weights(), solution, kin))
-            done.append(name)
+            if name in self.slopes:
+                fits = fit_through(self.slopes[name], np.concatenate([p for p, _ in kept_rows]), np.concatenate([y for _, y in kept_rows]),
+                                   lay.has_bias)
+                options = [refit_weights(lay, layer.get_weights(), f, kin) for f in fits]
+                pick = judge(name, options) if judge is not None else 1
+                layer.set_weights(options[pick])
+                done.append(name + (" (gauss-newton)" if pick == 1 else ""))
+            else:
+                layer.set_weights(refit_weights(lay, layer.get_weights(), normal.solve(), kin))
+                done.append(name)
             if on_layer is not None:
                 on_layer(name)
         return done

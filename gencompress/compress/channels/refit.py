@@ -230,11 +230,14 @@ def slope(activation: str, z: np.ndarray) -> np.ndarray:
     return 4.0 * s * (1.0 - s)
 
 
-def fit_through(activation: str, patches: np.ndarray, targets: np.ndarray, has_bias: bool) -> np.ndarray:
-    """Least squares of ``activation(patches @ w + b)`` against ``activation(targets)`` (the
-    teacher's pre-activation outputs), by Gauss-Newton from the plain linear fit: each step a
-    fit weighted by the activation's slope squared, at the current outputs. Of the plain fit and
-    the steps, the one closest after the activation is returned (``(columns [+ 1], outputs)``)."""
+def fit_through(activation: str, patches: np.ndarray, targets: np.ndarray, has_bias: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(the plain linear fit, the Gauss-Newton fit)``, each ``(columns [+ 1], outputs)``: least
+    squares of ``activation(patches @ w + b)`` against ``activation(targets)`` (the teacher's
+    pre-activation outputs), by Gauss-Newton from the plain fit, each step weighted by the
+    activation's slope squared at the current outputs; of the steps, the one closest after the
+    activation on these rows. Which generalizes better is the caller's to measure: on
+    rauzan_cgan the plain fit did (27.7 against 24.9 dB held-out), on janfab Gauss-Newton (20.1
+    against 17.9, where the plain fit was below the bare cut's 18.9)."""
     cols, outputs = patches.shape[1], targets.shape[1]
     want = activate(activation, targets.astype(np.float64))
     plain = Normal(cols, has_bias, outputs)
@@ -249,8 +252,8 @@ def fit_through(activation: str, patches: np.ndarray, targets: np.ndarray, has_b
         s = slope(activation, z)
         z_target = (z + (want - activate(activation, z)) / np.maximum(s, MIN_SLOPE)).astype(np.float32)
         weights = np.maximum(s, 1e-3) ** 2
-    errors = [float(np.mean((activate(activation, _linear(patches, w, has_bias)) - want) ** 2)) for w in found]
-    return found[int(np.argmin(errors))]
+    errors = [float(np.mean((activate(activation, _linear(patches, w, has_bias)) - want) ** 2)) for w in found[1:]]
+    return found[0], found[1 + int(np.argmin(errors))]
 
 
 def _linear(patches: np.ndarray, solution: np.ndarray, has_bias: bool) -> np.ndarray:

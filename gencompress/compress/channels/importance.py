@@ -15,6 +15,7 @@ import numpy as np
 
 from gencompress.compress.channels.graph import ChannelGraph, Group, tensor_key
 from gencompress.compress.channels.slicing import weight_axes, weight_name
+from gencompress.interrupts import check
 
 IMPORTANCE = ("taylor", "l1")
 
@@ -27,6 +28,7 @@ def taylor_importance(probe, batches, samples: int, seed: int = 0) -> dict:
     seen = 0
     shapes = None
     for batch in batches:
+        check()  # a stop signal between batches
         n = min(len(next(iter(batch.values()))), samples - seen)
         feeds = {k: v[:n] for k, v in batch.items()}
         if shapes is None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from gencompress.compress.channels.graph import ChannelGraph, tensor_key
 from gencompress.compress.channels.refit import REFITTABLE, Normal, PatchLayout, WeightedNormal, fit_through, refit_weights, slope
+from gencompress.interrupts import check
 from gencompress.tfenv import import_keras, import_tf
 
 ROWS_PER_COLUMN = 8  # sampled positions per unknown of a layer's equations (rauzan at 47 % MACs: 2x 24.4 dB, 4x 26.8, 8x 28.4 before fine-tuning)
@@ -107,6 +108,7 @@ class Reconstruction:
         if not names:
             return
         for batch in self.batches:
+            check()  # a stop signal between batches (a batch of a large model takes seconds)
             xs = self._teacher_inputs(names, batch)
             for k, x in zip(names, xs):
                 lay = self.layers[k]
@@ -154,6 +156,7 @@ class Reconstruction:
             taps = probe.taps([name])
             kept_rows = []  # under a saturating activation: the rows, for Gauss-Newton
             for batch, where, y in zip(self.batches, self.where[name], self.targets[name]):
+                check()
                 xs = [batch[k] for k in probe.input_names] + probe.masks(selection, len(next(iter(batch.values()))))
                 p = lay.patches(np.asarray(taps(xs, training=False)), where, kin)
                 if name in self.slopes:

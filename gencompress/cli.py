@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from gencompress import config as C
 from gencompress.cli_options import (
@@ -263,36 +264,49 @@ _then = _comma_list(C.MODES + ("qat",), C.MODES)
 @click.option("--schedule", default=default_of(P, "schedule"), show_default=True, type=click.Choice(C.SCHEDULES), help="constant: target sparsity from --begin-step; polynomial: ramp up to it by --end-step.")
 @click.option("--begin-step", default=default_of(P, "begin_step"), show_default=True, type=int, help="Fine-tuning step where pruning starts.")
 @click.option("--end-step", type=int, help="polynomial: step where the target is reached [default: half of --steps].")
-@click.option("--structure", type=click.Choice(C.STRUCTURES), help="Structured sparsity: 2 zeros in every 4 weights along the input channels (needs --sparsity 0.5).")
+@click.option("--structure", type=click.Choice(C.STRUCTURES), help="2:4: 2 zeros in every 4 weights along the input channels (needs --sparsity 0.5); channels: remove whole filters/units (a smaller, faster model), --sparsity then being the fraction of channels removed.")
+@click.option("--target-macs", type=float, help="--structure channels: MACs to keep, a fraction of the original's (0.5: half).")
+@click.option("--target-params", type=float, help="--structure channels: parameters to keep, a fraction of the original's.")
+@click.option("--importance", default=default_of(P, "importance"), show_default=True, type=click.Choice(C.IMPORTANCE), help="--structure channels: taylor (each channel's measured effect on the outputs) or l1 (its weights' norm).")
 @click.option("--layers", callback=_layer_names, help="Layers to prune, comma-separated names [default: every Dense/Conv/ConvTranspose tfmot can prune].")
 @click.option("--skip-first", is_flag=True, help="Leave the first prunable layer dense.")
 @click.option("--skip-last", is_flag=True, help="Leave the last prunable layer (usually the output layer) dense.")
 @training_options(C.PRUNE_TRAINING, "")
 @click.option("--then", "then", callback=_then, help="Also quantize the pruned model (and the original, for comparison): comma-separated float16, dynamic, int8, int16x8, qat (pruning-preserving quantization-aware training), or 'all' (post-training ones).")
-@click.option("--min-psnr", default=default_of(P, "min_psnr"), show_default=True, type=float, help="With --then int8: the quantize step's fidelity target for the pruned model, in dB against the original (0 turns the guard off).")
+@click.option("--min-psnr", default=default_of(P, "min_psnr"), show_default=True, type=float, help="With --then int8: the quantize step's fidelity target for the pruned model, in dB against the original (0 turns the guard off). With --structure channels and no size option: the smallest model meeting it.")
 @gate_options
 @record_options
-def prune_command(model, output_dir, trust_code, custom_objects, sparsity, schedule, begin_step, end_step, structure, layers, skip_first,
-                  skip_last, steps, batch_size, time_budget, learning_rate, data, distribute, cpu_devices, then, min_psnr, **run_kwargs):
-    """Prune MODEL's weights by magnitude, fine-tune it to match the original, export it.
+def prune_command(model, output_dir, trust_code, custom_objects, sparsity, schedule, begin_step, end_step, structure, target_macs, target_params,
+                  importance, layers, skip_first, skip_last, steps, batch_size, time_budget, learning_rate, data, distribute, cpu_devices, then,
+                  min_psnr, **run_kwargs):
+    """Prune MODEL (weights by magnitude, or whole channels), fine-tune it to match the original, export it.
 
     Fine-tuning needs no training data: the original model is the teacher, fed noise latents
     (or --data). Writes <stem>-pruned.h5/.keras, float32 (and --then) .tflite/.onnx of the
-    original and the pruned model, and the report with measured sparsity and gzip sizes.
+    original and the pruned model, and the report. With --structure channels the pruned model
+    has fewer filters (smaller and faster files); with --min-psnr and no size option it is the
+    smallest that still meets that PSNR.
 
     \b
     Examples:
       gencompress prune sample_models/dcgan_digits.h5 --sparsity 0.5 --then int8
       gencompress prune model.keras --sparsity 0.8 --schedule polynomial --steps 2000
       gencompress prune model.h5 --sparsity 0.5 --structure 2:4 --then int8
+      gencompress prune model.h5 --structure channels --target-macs 0.5 --then int8
+      gencompress prune model.h5 --structure channels --min-psnr 30
     """
     _output(model, output_dir)  # before any heavy work
     strategy = _strategy(distribute, cpu_devices)  # before TensorFlow's runtime starts
     run_kwargs, calibration = _split(run_kwargs, data)
+    given = click.get_current_context().get_parameter_source
+    # --structure channels with --min-psnr and no size: the smallest model meeting it
+    search = structure == "channels" and given("min_psnr") != ParameterSource.DEFAULT and given("sparsity") == ParameterSource.DEFAULT and \
+        target_macs is None and target_params is None
     config = P(
         sparsity=sparsity, schedule=schedule, begin_step=begin_step, end_step=end_step, structure=structure, layers=layers,
-        skip_first=skip_first, skip_last=skip_last, training=_training(C.PRUNE_TRAINING, steps, batch_size, learning_rate, distribute, time_budget),
-        then=then or (), min_psnr=min_psnr, **run_kwargs,
+        skip_first=skip_first, skip_last=skip_last,
+        training=_training(C.PRUNE_TRAINING, steps, batch_size, learning_rate, distribute, time_budget),
+        then=then or (), min_psnr=min_psnr, target_macs=target_macs, target_params=target_params, search=search, importance=importance, **run_kwargs,
     )
     _run("prune", model, output_dir, trust_code, custom_objects, config, calibration, strategy=strategy)
 
@@ -304,6 +318,7 @@ D = C.DistillConfig
 @model_options
 @run_options
 @click.option("--width", type=float, help="Student = the teacher's architecture with hidden units/filters times this (0 < w <= 1) [default: 0.5 unless --student].")
+@click.option("--init", "init", default=default_of(D, "init"), show_default=True, type=click.Choice(C.INITS), help="teacher: the --width student starts from the teacher's most important channels (channel pruning, re-fitted); random: from fresh seeded weights.")
 @click.option("--depth", default=default_of(D, "depth"), show_default=True, type=float, help="Fraction of droppable blocks (shape-preserving conv blocks, residual blocks) the student keeps.")
 @click.option("--student", "student_path", type=click.Path(), help="Student architecture (.h5/.keras) with the teacher's inputs and outputs, instead of --width.")
 @training_options(C.DISTILL_TRAINING, "")
@@ -316,7 +331,7 @@ D = C.DistillConfig
 @click.option("--min-psnr", default=default_of(D, "min_psnr"), show_default=True, type=float, help="Target for the student's artifacts in dB against the teacher; with --then int8 the quantize step's fidelity guard aims for it (0: off).")
 @gate_options
 @record_options
-def distill_command(model, output_dir, trust_code, custom_objects, width, depth, student_path, steps, batch_size, time_budget, learning_rate, data, distribute,
+def distill_command(model, output_dir, trust_code, custom_objects, width, init, depth, student_path, steps, batch_size, time_budget, learning_rate, data, distribute,
                     cpu_devices, loss, eval_every, patience, feature_loss, checkpoint_dir, then, min_psnr, **run_kwargs):
     """Distil MODEL (the teacher) into a smaller student trained to reproduce its outputs.
 
@@ -329,6 +344,7 @@ def distill_command(model, output_dir, trust_code, custom_objects, width, depth,
       gencompress distill sample_models/dcgan_digits.h5 --width 0.5 --then int8
       gencompress distill teacher.keras --student student_arch.keras --data latents.npy
       gencompress distill teacher.h5 --width 0.5 --distribute mirrored --checkpoint-dir ckpt/
+      gencompress distill teacher.h5 --width 0.5 --init random
     """
     if student_path is not None and width is not None:
         raise OptionError("--student is the student's architecture: give it or --width, not both")
@@ -338,7 +354,7 @@ def distill_command(model, output_dir, trust_code, custom_objects, width, depth,
     training = _training(C.DISTILL_TRAINING, steps, batch_size, learning_rate, distribute, time_budget, loss=loss, eval_every=eval_every, patience=patience)
     config = D(
         width=None if student_path else (default_of(D, "width") if width is None else width), depth=depth, feature_weight=feature_loss,
-        training=training, then=then or (), min_psnr=min_psnr, checkpoint_dir=checkpoint_dir, **run_kwargs,
+        training=training, then=then or (), min_psnr=min_psnr, checkpoint_dir=checkpoint_dir, init=init, **run_kwargs,
     )
     student = _load_model(student_path, trust_code, custom_objects) if student_path else None
     _run("distill", model, output_dir, trust_code, custom_objects, config, calibration, strategy=strategy, student=student,

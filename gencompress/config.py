@@ -21,7 +21,9 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 METHODS = ("ptq", "qat", "auto")
 LOSSES = ("l2", "l1")
 SCHEDULES = ("constant", "polynomial")
-STRUCTURES = ("2:4",)
+STRUCTURES = ("2:4", "channels")
+IMPORTANCE = ("taylor", "l1")  # channel pruning: which channels matter (compress.channels.importance)
+INITS = ("teacher", "random")  # distill --width: the student starts from the teacher's channels, or fresh
 DISTRIBUTE = ("none", "mirrored", "multi-worker")
 PREFER = ("speed", "size")
 GATES = ("min_psnr", "min_psnr_worst", "min_ssim", "max_bytes", "max_size_ratio", "min_speedup", "max_latency_ms")
@@ -387,6 +389,13 @@ class PruneConfig(_QuantizeStep):
     only). ``layers``: names to prune (default: every Dense/Conv/ConvTranspose kernel tfmot can
     prune); ``skip_first`` / ``skip_last`` leave the first / last of them dense. ``then``:
     precisions of ``MODES`` and ``qat`` (pruning-preserving quantization-aware training).
+
+    ``structure="channels"`` removes whole channels instead (``compress.channels``): the size
+    target is ``target_macs`` or ``target_params`` (a fraction of the original's kept), else
+    ``sparsity`` (the fraction of prunable channels removed); ``search`` looks for the smallest
+    model whose float PSNR meets ``min_psnr`` instead. ``importance``: ``taylor`` (the channel's
+    first-order effect on the outputs) or ``l1`` (its weights' norm). The schedule and layer
+    options are tfmot's and do not apply.
     """
 
     sparsity: float = 0.5
@@ -401,17 +410,22 @@ class PruneConfig(_QuantizeStep):
     skip_last: bool = False
     training: TrainingConfig = PRUNE_TRAINING
     then: tuple[str, ...] = ()
+    target_macs: float | None = None
+    target_params: float | None = None
+    search: bool = False
+    importance: str = "taylor"
 
     def __post_init__(self):
         super().__post_init__()
         if not (0.0 < self.sparsity < 1.0):
             raise OptionError(f"--sparsity must be between 0 and 1 (exclusive), got {self.sparsity}")
+        self._check_channel_options()
         if self.schedule not in SCHEDULES:
             raise OptionError(f"unknown schedule '{self.schedule}' (choose from {', '.join(SCHEDULES)})")
         if self.structure is not None:
             if self.structure not in STRUCTURES:
                 raise OptionError(f"unknown structure '{self.structure}' (choose from {', '.join(STRUCTURES)})")
-            if not math.isclose(self.sparsity, 0.5):
+            if self.structure == "2:4" and not math.isclose(self.sparsity, 0.5):
                 raise OptionError(f"--structure 2:4 means 50% sparsity: use --sparsity 0.5, not {self.sparsity}")
         if self.begin_step < 0:
             raise OptionError(f"--begin-step must be 0 or more, got {self.begin_step}")
@@ -427,6 +441,39 @@ class PruneConfig(_QuantizeStep):
             raise OptionError("pruning happens during fine-tuning: --steps must be at least 1")
         _check_then(self.then, MODES + ("qat",))
 
+    def _check_channel_options(self) -> None:
+        if self.importance not in IMPORTANCE:
+            raise OptionError(f"unknown --importance '{self.importance}' (choose from {', '.join(IMPORTANCE)})")
+        targets = [n for n in ("target_macs", "target_params") if getattr(self, n) is not None] + (["search"] if self.search else [])
+        if self.structure != "channels":
+            if targets:
+                raise OptionError(f"--{targets[0].replace('_', '-')} applies to --structure channels")
+            return
+        tfmot_only = [o for o, unset in (("--layers", self.layers is None), ("--skip-first", not self.skip_first), ("--skip-last", not self.skip_last),
+                                            ("--begin-step", self.begin_step == 0), ("--end-step", self.end_step is None)) if not unset]
+        if tfmot_only:
+            raise OptionError(f"{', '.join(tfmot_only)} appl{'y' if len(tfmot_only) > 1 else 'ies'} to weight pruning, not --structure channels")
+        if len(targets) > 1:
+            raise OptionError("give one size target for --structure channels: --sparsity, --target-macs, --target-params, or --min-psnr alone")
+        for name in ("target_macs", "target_params"):
+            value = getattr(self, name)
+            if value is not None and not (_finite(value) and 0.0 < value < 1.0):
+                raise OptionError(f"--{name.replace('_', '-')} is the fraction of the original's kept, between 0 and 1 (exclusive), got {value}")
+        if self.search and not self.min_psnr > 0:
+            raise OptionError("--structure channels without a size target looks for the smallest model meeting --min-psnr: give --min-psnr above 0")
+
+    def channel_target(self) -> tuple[str, float]:
+        """``structure="channels"``: what the size is chosen by, ``(kind, value)``: ``macs`` or
+        ``params`` (fraction kept), ``channels`` (fraction of prunable channels kept) or
+        ``psnr`` (``search``: the smallest model meeting ``min_psnr``)."""
+        if self.search:
+            return "psnr", self.min_psnr
+        if self.target_macs is not None:
+            return "macs", self.target_macs
+        if self.target_params is not None:
+            return "params", self.target_params
+        return "channels", 1.0 - self.sparsity
+
     def effective_schedule(self) -> dict:
         """The schedule actually run over the fine-tuning steps, in fine-tuning steps.
 
@@ -438,7 +485,7 @@ class PruneConfig(_QuantizeStep):
         begin = max(1, self.begin_step)
         if steps < begin:
             raise OptionError(f"--begin-step {self.begin_step} is past the last fine-tuning step ({steps}): raise --steps")
-        if self.structure is not None:
+        if self.structure == "2:4":
             return {"kind": "2:4 (mask fixed at step 1)", "begin_step": 1, "end_step": 1, "frequency": 1, "target_at": 1}
         if self.schedule == "constant":
             frequency = self.frequency or max(1, min(100, steps // 20))
@@ -465,7 +512,9 @@ class DistillConfig(_QuantizeStep):
     """``distill``: a smaller student trained to reproduce the model (the teacher).
 
     ``width``: hidden units/filters multiplier (``None`` when a student architecture is given);
-    ``depth``: fraction of the droppable blocks kept; ``feature_weight``: weight of the
+    ``init``: a derived student starts from the teacher's most important channels
+    (``teacher``: kept by channel pruning's importance and re-fit) or from fresh seeded weights
+    (``random``); ``depth``: fraction of the droppable blocks kept; ``feature_weight``: weight of the
     intermediate feature-matching loss (0: off); ``checkpoint_dir``: save after every
     evaluation and resume from it. ``min_psnr`` grades the student's artifacts against the
     teacher; ``then``: precisions of ``MODES`` and ``qat``.
@@ -478,9 +527,12 @@ class DistillConfig(_QuantizeStep):
     training: TrainingConfig = DISTILL_TRAINING
     then: tuple[str, ...] = ()
     checkpoint_dir: str | None = None
+    init: str = "teacher"
 
     def __post_init__(self):
         super().__post_init__()
+        if self.init not in INITS:
+            raise OptionError(f"unknown --init '{self.init}' (choose from {', '.join(INITS)})")
         if self.width is not None and not (_finite(self.width) and 0.0 < self.width <= 1.0):
             raise OptionError(f"--width must be in (0, 1], got {self.width}")
         if not (0.0 <= self.depth <= 1.0):

@@ -235,6 +235,7 @@ class ModelInfo(_Model):
     output_activation: Optional[str]
     output_range: list[float]
     output_range_source: str
+    macs: Optional[int] = None  # multiply-accumulates of one batch-1 forward pass (report.macs)
 
 
 class DataInfo(_Model):
@@ -352,6 +353,47 @@ class PruningSection(_Model):
     distribute: Optional[dict[str, Any]] = None  # the tf.distribute strategy fine-tuning ran under
 
 
+class ChannelPruningSection(_Model):
+    """``prune --structure channels``: whole channels removed (a smaller plain Keras model).
+
+    ``target``: what the size was chosen by (``kind`` macs, params, channels or psnr, and
+    ``value``), ``met_target`` whether the allocation reached it; ``groups``: each group of
+    coupled channels (the ``layers`` that make it, ``channels``, ``kept``, its measured
+    ``sensitivity``: PSNR with only it pruned); ``layers``: filters/units per layer before and
+    after; ``psnr_removed_db`` / ``psnr_refit_db`` / ``psnr_start_db``: held-out PSNR against
+    the original with the channels cut, after the least-squares re-fit, and where fine-tuning
+    started (after ``batchnorm`` statistics were re-estimated, where that measured better);
+    ``kept_start``: fine-tuning did not beat the start, which was kept; ``comparison``: per
+    format and precision, the original's and the pruned model's size, p50 latency and speed-up;
+    ``search``: the models ``--min-psnr`` tried (``kind`` psnr)."""
+
+    target: dict[str, Any]
+    met_target: bool
+    importance: str
+    original_params: int
+    pruned_params: int
+    params_ratio: float
+    original_macs: int
+    pruned_macs: int
+    macs_ratio: float
+    groups: list[dict[str, Any]]
+    layers: list[dict[str, Any]]
+    psnr_removed_db: Optional[float]
+    psnr_refit_db: Optional[float]
+    psnr_start_db: Optional[float]
+    batchnorm: str
+    refit_layers: list[str]
+    not_refit: list[str] = Field(default_factory=list)
+    finetune: FinetuneSummary
+    kept_start: bool = False
+    final_psnr_db: Optional[float] = None
+    comparison: list[dict[str, Any]] = Field(default_factory=list)
+    search: Optional[list[dict[str, Any]]] = None
+    timings: dict[str, float] = Field(default_factory=dict)
+    pruned_model: str
+    notes: list[str] = Field(default_factory=list)
+
+
 class QatExport(_Model):
     """One QAT artifact against the QAT Keras model it was converted from."""
 
@@ -410,6 +452,9 @@ class DistillationSection(_Model):
     side_by_side: list[dict[str, Any]]
     samples: Optional[str]
     qat: Optional[QatSection] = None
+    init: Optional[dict[str, Any]] = None  # --init teacher: the channels kept and the PSNR before training
+    teacher_macs: Optional[int] = None
+    student_macs: Optional[int] = None
 
 
 # --------------------------------------------------------------------------- gates and recipes
@@ -474,6 +519,7 @@ class Report(_Model):
     notes: list[str] = Field(default_factory=list)
     sensitivity: Optional[dict[str, Sensitivity]] = None
     pruning: Optional[PruningSection] = None
+    channel_pruning: Optional[ChannelPruningSection] = None
     qat: Optional[QatSection] = None
     distillation: Optional[DistillationSection] = None
     gates: Optional[GatesSection] = None

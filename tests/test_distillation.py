@@ -193,7 +193,9 @@ def test_checkpoint_resume_continues_where_it_stopped_and_matches_a_straight_run
 def test_distill_command_then_int8(dcgan_h5, tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(
-        cli, ["distill", str(dcgan_h5), "-o", str(out), "--width", "0.5", "--steps", "200", "--eval-every", "50", "--then", "int8", "--min-psnr", "20", *FAST]
+        # --init random: a fresh student (far from the teacher) through the int8 step
+        cli, ["distill", str(dcgan_h5), "-o", str(out), "--width", "0.5", "--init", "random", "--steps", "200", "--eval-every", "50", "--then", "int8",
+              "--min-psnr", "20", *FAST]
     )
     assert result.exit_code == 0, result.output
     assert "student: 861 parameters, 46.2% of the teacher's 1,865" in result.output
@@ -309,7 +311,7 @@ def test_mirrored_strategy_on_two_logical_cpus(dcgan_h5, tmp_path):
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
     env.pop("TF_CONFIG", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "gencompress", "distill", str(dcgan_h5), "-o", str(out), "--steps", "100", "--eval-every", "50",
+        [sys.executable, "-m", "gencompress", "distill", str(dcgan_h5), "-o", str(out), "--init", "random", "--steps", "100", "--eval-every", "50",
          "--format", "tflite", "--min-psnr", "0", "--distribute", "mirrored", "--cpu-devices", "2", *FAST],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -343,7 +345,7 @@ def test_multi_worker_strategy_with_two_local_workers(dcgan_h5, tmp_path):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})}
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "gencompress", "distill", str(dcgan_h5), "-o", str(out), "--steps", "100", "--eval-every", "50",
+                [sys.executable, "-m", "gencompress", "distill", str(dcgan_h5), "-o", str(out), "--init", "random", "--steps", "100", "--eval-every", "50",
                  "--format", "tflite", "--min-psnr", "0", "--distribute", "multi-worker", "--checkpoint-dir", str(tmp_path / "ckpt"), *FAST],
                 cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             )

@@ -17,7 +17,7 @@ from gencompress.model import flat_copy
 from gencompress.pipelines.build import build_artifacts
 from gencompress.pipelines.gates import judge
 from gencompress.pipelines.result import Result
-from gencompress.pipelines.session import Session, make_report, prepare
+from gencompress.pipelines.session import Session, make_report, model_macs, prepare
 from gencompress.progress import Progress
 from gencompress.results import DistillationSection
 
@@ -87,6 +87,11 @@ def _distill(session: Session, teacher, config: DistillConfig, student, student_
     if config.checkpoint_dir is not None:
         directory = Path(config.checkpoint_dir) / subdir if subdir else Path(config.checkpoint_dir)
         checkpoint = TrainingCheckpoint(directory, _run_signature(teacher, student_keras, config, session))
+    init = _initialise(session, teacher, student_keras, plan, config, checkpoint) if student is None else None
+    if init and init["kind"] == "teacher":  # from the teacher's channels: steps as large as where it starts calls for
+        from gencompress.compress.channels.training import start_learning_rate
+
+        training = dataclasses.replace(training, learning_rate=start_learning_rate(training.learning_rate, init["psnr_start_db"]))
     training, ft_plan = _plan(session, teacher, student_keras, training, config.seed, strategy, checkpoint)
     source, val = training_sources(teacher, session.calibration, training.batch_size, config.seed, session.config.eval_samples)
     result, pairs = train_student(
@@ -127,7 +132,26 @@ def _distill(session: Session, teacher, config: DistillConfig, student, student_
         student_source=None if student is None else student.path,
     )
     report.distillation.qat = qat
+    report.distillation.init = init
+    report.distillation.teacher_macs, report.distillation.student_macs = model_macs(teacher), model_macs(student_loaded)
     return Result(report, session.files, session.cache, previews=session.previews, model=trained, subdir=subdir)
+
+
+def _initialise(session: Session, teacher, student_keras, plan, config: DistillConfig, checkpoint) -> dict:
+    """``--init teacher``: the derived student's weights from the teacher's most important
+    channels (``compress.distillation.teacher_init``); ``random`` keeps the fresh ones. A run
+    resuming from a checkpoint takes the checkpoint's weights instead."""
+    if config.init == "random":
+        return {"kind": "random", "reason": "--init random"}
+    if checkpoint is not None and checkpoint.saved_plan() is not None:
+        return {"kind": "checkpoint", "reason": "resumed: the checkpoint's weights"}
+    from gencompress.compress.distillation.teacher_init import initialise_from_teacher
+    from gencompress.compress.finetune import training_sources
+
+    source, val = training_sources(teacher, session.calibration, 16, config.seed, session.config.eval_samples)
+    return initialise_from_teacher(
+        teacher.keras_model, student_keras, plan, source, val, session.output_range, seed=config.seed, progress=session.progress,
+    )
 
 
 def _samples(session: Session, teacher, student, n: int = 16) -> str | None:

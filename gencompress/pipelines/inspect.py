@@ -101,10 +101,28 @@ def _render_onnx(check) -> list[str]:
     return lines
 
 
+def _macs_lines(model) -> list[str]:
+    """MACs of one batch-1 forward pass, and the layers doing most of them."""
+    if model.keras_model is None:
+        return ["MACs: not counted (a plain SavedModel has no Keras layers)"]
+    from gencompress.report.macs import count_macs, macs_text
+
+    counted = count_macs(model.keras_model)
+    top = sorted(counted.layers, key=lambda r: -r["macs"])[:3]
+    share = ", ".join(f"{r['name']} {100 * r['macs'] / counted.total:.0f} %" for r in top) if counted.total else ""
+    lines = [f"MACs: {macs_text(counted.total)} ({counted.total:,}) per sample" + (f"; most in {share}" if share else "")]
+    if counted.uncounted:
+        lines.append(f"MACs not counted in: {', '.join(counted.uncounted)}")
+    return lines
+
+
 def render_inspection(model, leftovers, onnx_check=None) -> str:
     lines = [
         f"model: {model.path} ({model.format})",
         f"parameters: {model.params:,}",
+    ]
+    lines += _macs_lines(model)
+    lines += [
         "inputs:",
     ]
     lines += [f"  {t.name}: {list(t.shape)} {t.dtype}" for t in model.inputs]

@@ -35,6 +35,10 @@ def prune(model, config: PruneConfig | None = None, calibration: Calibration | N
     from gencompress.tfenv import import_tf
 
     import_tf()
+    if config.structure == "channels":
+        from gencompress.pipelines.prune_channels import prune_channels
+
+        return prune_channels(model, config, calibration, progress, strategy)
     select_layers(model.keras_model, config)  # option errors before any work
     if config.training.steps is not None:
         config.effective_schedule()

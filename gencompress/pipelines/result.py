@@ -92,6 +92,8 @@ class Result:
             a.path = where(a.path)
         if self.report.pruning is not None:
             self.report.pruning.pruned_model = where(self.report.pruning.pruned_model)
+        if self.report.channel_pruning is not None:
+            self.report.channel_pruning.pruned_model = where(self.report.channel_pruning.pruned_model)
         d = self.report.distillation
         if d is not None:
             d.student_model = where(d.student_model)
@@ -118,7 +120,7 @@ def previous_run_files(out: Path) -> list[str]:
     if isinstance(report.get("files"), list):
         return [f for f in report["files"] if isinstance(f, str)]
     paths = [a.get("path") for a in report.get("artifacts") or [] if isinstance(a, dict)]
-    paths += [(report.get("pruning") or {}).get("pruned_model")]
+    paths += [(report.get(k) or {}).get("pruned_model") for k in ("pruning", "channel_pruning")]
     paths += [(report.get("distillation") or {}).get(k) for k in ("student_model", "samples")]
     return ["report.json", "report.md"] + [Path(p).name for p in paths if isinstance(p, str) and p]
 

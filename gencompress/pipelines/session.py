@@ -397,6 +397,7 @@ def make_report(session: Session, command: str, settings: dict | None = None) ->
             **m.to_dict(),
             output_range=[float(x) for x in session.output_range],
             output_range_source=session.output_range_source,
+            macs=model_macs(m),
         ),
         evaluation=DataInfo(**session.evaluation.describe(), seed=config.seed),
         calibration=CalibrationInfo(**session.calibration.describe(), seed=config.seed, method=getattr(config, "calibration_method", None))
@@ -407,6 +408,13 @@ def make_report(session: Session, command: str, settings: dict | None = None) ->
         notes=session.notes,
         gates=session.gate_section,
     )
+
+
+def model_macs(model) -> int | None:
+    """MACs of one batch-1 forward pass of a ``LoadedModel`` (``None`` for a plain SavedModel)."""
+    from gencompress.report.macs import count_macs
+
+    return None if model.keras_model is None else count_macs(model.keras_model).total
 
 
 def run_settings(session: Session) -> dict:

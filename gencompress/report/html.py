@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from gencompress.report import charts, samples
+from gencompress.report.channel_sections import stage_line, target_text
+from gencompress.report.macs import macs_text
 
 TEMPLATES = Path(__file__).with_name("templates")
 ROWS = ("float model", "artifact", "|error|")
@@ -45,6 +47,7 @@ def render_html(report: dict, previews=None) -> str:
     )
     env.filters["kib"] = _kib
     env.filters["num"] = _num
+    env.filters["macs"] = macs_text
     context = {
         "report": report,
         "title": f"gencompress {report['command']}: {Path(report['model']['path']).name}",
@@ -57,8 +60,16 @@ def render_html(report: dict, previews=None) -> str:
         "previews_kept": previews is not None,
         "error_scale": samples.ERROR_SCALE,
         "recipe": json.dumps(report["recipe"]["document"], indent=2) if report.get("recipe") else None,
+        "channels": _channels(report.get("channel_pruning")),
     }
     return env.get_template("report.html.j2").render(**context)
+
+
+def _channels(c: dict | None) -> dict | None:
+    """The channel-pruning section's sentences (the figures come from the section itself)."""
+    if not c:
+        return None
+    return {"c": c, "target": target_text(c["target"]), "stages": stage_line(c)}
 
 
 def _settings(settings: dict) -> list[tuple[str, str]]:
@@ -169,7 +180,7 @@ def _sensitivity(sensitivity: dict | None) -> list[dict]:
 def _training_charts(report: dict) -> dict:
     """Fine-tuning curves of pruning, distillation and QAT, where the run had them."""
     found = {"pruning": None, "distillation": None, "qat": None}
-    pruning, distillation, qat = report.get("pruning"), report.get("distillation"), report.get("qat")
+    pruning, distillation, qat = report.get("pruning") or report.get("channel_pruning"), report.get("distillation"), report.get("qat")
     if pruning:
         found["pruning"] = _svg(charts.history_chart(pruning["finetune"]["history"], "pruning: fine-tuning against the original"))
     if distillation:

@@ -52,3 +52,37 @@ def _summary(times: list[float]) -> dict:
         "p90": round(float(np.percentile(times, 90)), 4),
         "runs": len(times),
     }
+
+
+def measure_pair(first, second, sample: dict, rounds: int = 5, runs: int = 10) -> dict:
+    """Two runners timed against each other on one batch-1 ``sample``: ``rounds`` rounds, each
+    ``runs`` invocations of ``first`` then of ``second`` (both warmed once first).
+
+    Returns each one's p50 wall-clock milliseconds (median of the rounds' medians), the wall-clock
+    speed-up of ``second`` over ``first`` (median of the rounds' ratios) and the CPU-time speed-up
+    (the ratio of their total process CPU time). With one runtime thread, CPU time is the work a
+    run does: on a shared machine it does not count the time other processes held the core, which
+    swings wall-clock ratios by tens of percent from one measurement to the next.
+    """
+    wall = ([], [])
+    cpu = [0.0, 0.0]
+    for runner in (first, second):
+        runner.set_inputs(sample)
+        runner.invoke()
+    for _ in range(rounds):
+        for i, runner in enumerate((first, second)):
+            runner.set_inputs(sample)
+            times = []
+            for _ in range(runs):
+                c0, t0 = time.process_time(), time.perf_counter()
+                runner.invoke()
+                times.append((time.perf_counter() - t0) * 1000.0)
+                cpu[i] += time.process_time() - c0
+            wall[i].append(float(np.median(times)))
+    ratios = [a / b for a, b in zip(*wall) if b > 0]
+    return {
+        "first_p50_ms": round(float(np.median(wall[0])), 4),
+        "second_p50_ms": round(float(np.median(wall[1])), 4),
+        "speedup": round(float(np.median(ratios)), 3) if ratios else None,
+        "cpu_speedup": round(cpu[0] / cpu[1], 3) if cpu[1] > 0 else None,
+    }

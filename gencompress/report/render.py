@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gencompress.printable import printable
-from gencompress.report import sections
+from gencompress.report import channel_sections, sections
+from gencompress.report.macs import macs_text
 
 
 def _rows(report: dict) -> list[list[str]]:
@@ -96,7 +97,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"# gencompress {report['command']} report",
         "",
-        f"- model: `{m['path']}` ({m['format']}, {m['params']:,} parameters)",
+        f"- model: `{m['path']}` ({m['format']}, {m['params']:,} parameters" + (f", {macs_text(m['macs'])} MACs" if m.get("macs") else "") + ")",
         "- inputs: " + ", ".join(f"`{t['name']}` {t['shape']} {t['dtype']}" for t in m["inputs"]),
         "- outputs: " + ", ".join(f"`{t['name']}` {t['shape']} {t['dtype']}" for t in m["outputs"]),
         f"- output range: [{lo:g}, {hi:g}] ({m['output_range_source']})",
@@ -127,6 +128,8 @@ def markdown(report: dict) -> str:
     ]
     if report.get("pruning"):
         lines.append(sections.pruning_markdown(report["pruning"]))
+    if report.get("channel_pruning"):
+        lines.append(channel_sections.channel_markdown(report["channel_pruning"]))
     if report.get("qat"):
         lines.append(sections.qat_markdown(report["qat"]))
     if report.get("distillation"):
@@ -140,6 +143,8 @@ def terminal_summary(report: dict) -> str:
     notes = [f"note: {n}" for n in report.get("notes", [])]
     if report.get("pruning"):
         section = sections.pruning_summary(report)
+    elif report.get("channel_pruning"):
+        section = channel_sections.channel_summary(report)
     elif report.get("distillation"):
         section = sections.distillation_summary(report)
     elif report.get("qat"):

@@ -151,6 +151,10 @@ def distillation_markdown(d: dict) -> str:
     ]
     if d["resized_layers"]:
         lines.append("- resized: " + ", ".join(f"{r['name']} {r['teacher']}→{r['student']}" for r in d["resized_layers"]))
+    if d.get("init"):
+        lines.append(f"- initialised: {init_text(d['init'])}")
+    if d.get("student_macs"):
+        lines.append(f"- MACs: teacher {d['teacher_macs']:,}, student {d['student_macs']:,} ({_pct(d['student_macs'] / d['teacher_macs'])})")
     if d["dropped_blocks"]:
         lines.append("- dropped blocks: " + "; ".join(" + ".join(b) for b in d["dropped_blocks"]))
     fl = d["feature_loss"]
@@ -191,10 +195,13 @@ def distillation_summary(report: dict) -> str:
     d = report["distillation"]
     ft = d["finetune"]
     lines = [
-        f"student: {d['student_params']:,} parameters, {_pct(d['params_ratio'])} of the teacher's {d['teacher_params']:,}",
+        f"student: {d['student_params']:,} parameters, {_pct(d['params_ratio'])} of the teacher's {d['teacher_params']:,}"
+        + (f"; {_pct(d['student_macs'] / d['teacher_macs'])} of its MACs" if d.get("student_macs") and d.get("teacher_macs") else ""),
         f"training: {ft['steps_run']} steps in {ft['seconds']} s, held-out PSNR against the teacher {_db(ft['initial_psnr_db'])} -> "
         f"best {_db(ft['best_psnr_db'])} dB" + (" (stopped early)" if ft["stopped_early"] else ""),
     ]
+    if d.get("init"):
+        lines.insert(1, f"initialised: {init_text(d['init'])}")
     lines += [
         f"{r['format']} {r['precision']}: size {_pct(r['size_ratio'])}, p50 {_pct(r['latency_ratio'])} of the teacher's float32; "
         f"PSNR {_db(r['psnr_db'])} dB vs the teacher"
@@ -205,6 +212,16 @@ def distillation_summary(report: dict) -> str:
         lines.append(f"samples: {d['samples']}")
     lines.append(f"student model: {d['student_model']}")
     return terminal_lines(lines)
+
+
+def init_text(init: dict) -> str:
+    """How a derived student's weights started (``--init``)."""
+    if init["kind"] != "teacher":
+        return f"fresh seeded weights ({init['reason']})" if init["kind"] == "random" else init["reason"]
+    return (
+        f"from the teacher's most important channels ({init['importance']} importance): {_db(init['psnr_removed_db'])} dB cut, "
+        f"{_db(init['psnr_refit_db'])} dB re-fitted, training starts at {_db(init['psnr_start_db'])} dB"
+    )
 
 
 def _db(x) -> str:

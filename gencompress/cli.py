@@ -166,11 +166,12 @@ Q = C.QuantizeConfig
 @click.option("--calibration-method", default=default_of(Q, "calibration_method"), show_default=True, type=click.Choice(C.CALIBRATION_METHODS), help="ONNX static calibration method.")
 @click.option("--min-psnr", default=default_of(Q, "min_psnr"), show_default=True, type=float, help="Fidelity target in dB: int8 artifacts that miss it fall back to better calibration, mixed precision, then wider types. 0 turns the guard off.")
 @click.option("--prefer", default=default_of(Q, "prefer"), show_default=True, type=click.Choice(C.PREFER), help="Among artifacts that meet --min-psnr: speed takes those that compute fastest (full int8, then mixed precision, then float compute); size the smallest.")
+@click.option("--browser-guard", is_flag=True, help="The search classes an int8 attempt slow when its browser runtime runs one of its int8 ops slower than float (onnxruntime-web: MatMul, Gemm), so the speed pick suits the browser.")
 @click.option("--method", default=default_of(Q, "method"), show_default=True, type=click.Choice(C.METHODS), help="auto: post-training, and quantization-aware training (about 3 minutes, planned from the model's size) only when no post-training artifact meets --min-psnr at int8 speed, the faster passing one shipped; ptq: post-training only; qat: always also QAT, written as <stem>-qat.int8.* beside the post-training artifacts.")
 @training_options(C.QAT_TRAINING, "--method qat or auto: ")
 @gate_options
 @record_options
-def quantize(model, output_dir, trust_code, custom_objects, modes, int8_io, calibration_method, min_psnr, prefer, method,
+def quantize(model, output_dir, trust_code, custom_objects, modes, int8_io, calibration_method, min_psnr, prefer, browser_guard, method,
              steps, batch_size, time_budget, learning_rate, data, distribute, cpu_devices, **run_kwargs):
     """Quantize MODEL post-training (or with QAT); writes float32 references and quantized .tflite/.onnx.
 
@@ -189,7 +190,8 @@ def quantize(model, output_dir, trust_code, custom_objects, modes, int8_io, cali
     strategy = _strategy(distribute, cpu_devices)  # before TensorFlow's runtime starts
     run_kwargs, calibration = _split(run_kwargs, data)
     qat = _training(C.QAT_TRAINING, steps, batch_size, learning_rate, distribute, time_budget)
-    config = Q(modes=modes, int8_io=int8_io, calibration_method=calibration_method, min_psnr=min_psnr, prefer=prefer, method=method, qat=qat, **run_kwargs)
+    config = Q(modes=modes, int8_io=int8_io, calibration_method=calibration_method, min_psnr=min_psnr, prefer=prefer, browser_guard=browser_guard,
+               method=method, qat=qat, **run_kwargs)
     _run("quantize", model, output_dir, trust_code, custom_objects, config, calibration, strategy=strategy)
 
 

@@ -298,13 +298,16 @@ class _QuantizeStep(RunConfig):
     ``int8_io``: TFLite integer inputs and outputs; ``calibration_method``: ONNX static
     calibration (the search tries the others when the target is missed); ``prefer``: among the
     artifacts that meet the target, ``speed`` takes those that compute fastest (full int8, then
-    mixed precision, then float compute), ``size`` the smallest.
+    mixed precision, then float compute), ``size`` the smallest; ``browser_guard``: the search
+    also classes an int8 attempt ``slow`` when it runs in int8 an op its browser runtime runs
+    slower than float (``converters.browser_ops``), so the speed pick suits the browser.
     """
 
     min_psnr: float = 30.0
     int8_io: bool = False
     calibration_method: str = "minmax"
     prefer: str = "speed"
+    browser_guard: bool = False
 
     def __post_init__(self):
         super().__post_init__()

@@ -10,9 +10,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
+
+from gencompress.cli import cli
 
 from conftest import REPO
 
@@ -267,3 +271,25 @@ def test_browser_options_are_checked(dcgan_h5, tmp_path):
            "gates": {"browser": {"min_speedup": 1.1, "onnx": {"max_latency_ms": 5.0}}}}
     config = parse(doc, tmp_path).steps[0].config
     assert config.browser and config.gates.browser.min_speedup == 1.1 and config.gates.browser.onnx.max_latency_ms == 5.0
+
+
+def test_browser_guard_moves_the_onnx_pick_off_the_int8_matmul(dcgan_h5, tmp_path):
+    """--browser-guard: the search classes an int8 attempt with an int8 MatMul slow (its browser
+    runtime runs it at 0.58x float), so the .onnx speed pick moves to one without it; the .tflite
+    pick (LiteRT.js has no such op) and the default picks are unchanged. No browser needed."""
+    from gencompress.converters.browser_ops import browser_slow_ops
+
+    picks = {}
+    for name, extra in (("plain", []), ("guarded", ["--browser-guard"])):
+        out = tmp_path / name
+        result = CliRunner().invoke(cli, ["quantize", str(dcgan_h5), "-o", str(out), "--method", "ptq", "--calibration-samples", "32",
+                                          "--eval-samples", "16", "--latency-runs", "3"] + extra)
+        assert result.exit_code == 0, result.output
+        report = json.loads((out / "report.json").read_text())
+        picks[name] = {a["format"]: a for a in report["artifacts"] if a["precision"] != "float32"}
+        picks[name]["bytes"] = {a["format"]: (out / Path(a["path"]).name).read_bytes() for a in report["artifacts"] if a["precision"] != "float32"}
+    assert browser_slow_ops("onnx", picks["plain"]["bytes"]["onnx"]) & {"MatMul", "Gemm"}  # the default pick: its Dense in int8
+    assert browser_slow_ops("onnx", picks["guarded"]["bytes"]["onnx"]) == set()
+    assert picks["guarded"]["onnx"]["fallback"]["chosen"] != picks["plain"]["onnx"]["fallback"]["chosen"]
+    assert any(t["compute"] == "slow" and t["precision"] == "int8" for t in picks["guarded"]["onnx"]["fallback"]["attempts"])
+    assert picks["guarded"]["bytes"]["tflite"] == picks["plain"]["bytes"]["tflite"]

@@ -70,11 +70,20 @@ def tflite_candidates(session: Session) -> Candidates:
         ],
         float_units=lambda data: tflite_float_ops(data, layer_names),
         denied_by_type=frozenset(TFLITE_OPS_DENIED_BY_TYPE),
-        slow_ops=lambda data: tflite_undelegated_ops(data) - float_undelegated(),
+        slow_ops=_with_browser(session, "tflite", lambda data: tflite_undelegated_ops(data) - float_undelegated()),
         companions=mixed.companions,
         macs=layer_macs(session.model),
         float_size=artifact(session, "tflite").size_bytes,
     )
+
+
+def _with_browser(session: Session, fmt: str, slow_ops):
+    """``slow_ops`` and, with ``browser_guard``, the int8 ops the browser runtime runs slower than float."""
+    if not getattr(session.config, "browser_guard", False):
+        return slow_ops
+    from gencompress.converters.browser_ops import browser_slow_ops
+
+    return lambda data: set(slow_ops(data)) | browser_slow_ops(fmt, data)
 
 
 def _transformed_forms(session: Session, settled):
@@ -151,7 +160,7 @@ def onnx_candidates(session: Session) -> Candidates:
     return Candidates(
         fmt="onnx",
         units=units,
-        slow_ops=onnx_float_heavy_ops,
+        slow_ops=_with_browser(session, "onnx", onnx_float_heavy_ops),
         companions=onnx_companions(int8_bytes, units),
         same_size=same_size,
         weight_only=lambda: onnx_weight_only(float_bytes),

@@ -206,3 +206,24 @@ def test_onnx_export_names_merged_constants_after_their_use(keras):
     uses = [n for node in graph.node for n in node.input if n in inits]
     shared = {n for n in uses if uses.count(n) > 1}
     assert shared and all("/shared_input_" in n for n in shared)
+
+
+def test_recurrent_layers_convert_unrolled(keras, tmp_path):
+    """A GRU runs as a while loop over a TensorList: with an unknown batch the TFLite converter
+    refused it (element_shape not static: a published GRU audio generator, exit 4), and with a
+    batch of one its int8 calibration crashed the process. Unrolled over its known time steps it
+    converts in float and int8 and gives the model's outputs."""
+    from gencompress.model import load_model
+
+    keras.utils.set_random_seed(0)
+    z = keras.Input((12,), name="z")
+    x = keras.layers.Reshape((4, 3))(z)
+    x = keras.layers.GRU(8, return_sequences=True, name="gru")(x)
+    out = keras.layers.Conv1DTranspose(2, 3, 2, padding="same", activation="tanh", name="wave")(x)
+    keras.Model(z, out).save(tmp_path / "gru.h5")
+    model = load_model(tmp_path / "gru.h5")
+    session = make_session(model, 32, 8)
+    for precision, minimum in (("float32", 80.0), ("int8", 25.0)):
+        data = build_artifact(session, "tflite", precision)
+        out = _run(session, "tflite", data, tmp_path, precision)
+        assert fidelity(session.reference, out, session.output_range)["psnr_db"] > minimum, precision

@@ -33,8 +33,10 @@ _FOLD_AXIS = {
 
 
 # Largest float difference accepted between a model and its BatchNorm-folded copy, relative to
-# the output range: folding reorders a multiply-add, nothing more.
-FOLD_TOLERANCE = 1e-5
+# the output range: folding reorders a multiply-add, nothing more. Float32 rounding grows with
+# depth: a 16→256 super-resolution network of 30 BatchNorms differed by 2.4e-4 folded (1e-5
+# refused it and its QAT rescue, exit 4); a fold that is wrong differs by tenths.
+FOLD_TOLERANCE = 1e-3
 
 
 def fold_batchnorm(keras_model):

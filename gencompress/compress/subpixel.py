@@ -35,8 +35,9 @@ import numpy as np
 from gencompress.tfenv import import_keras, import_tf
 
 # Largest float difference accepted between a model and its rewrite, relative to its output range
-# (float32 sums in another order: 3e-5 measured on a tanh output over logits in the hundreds).
-TOLERANCE = 1e-4
+# (float32 sums in another order: 3e-5 measured on a tanh output over logits in the hundreds,
+# 2.4e-4 on a 30-BatchNorm super-resolution network folded; a wrong rewrite differs by tenths).
+TOLERANCE = 1e-3
 # Elementwise activation layers that commute with depth-to-space and cropping.
 POST_ACTIVATIONS = ("ReLU", "LeakyReLU", "Activation", "ELU")
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from gencompress.compat.tflite import calibrate_only, read_flatbuffer, write_flatbuffer
 from gencompress.errors import ConversionError
-from gencompress.tfenv import import_tf, native_output_captured
+from gencompress.tfenv import import_keras, import_tf, native_output_captured
 
 
 def convert_tflite(model, precision: str, calibration=None, int8_io: bool = False) -> bytes:
@@ -159,9 +159,44 @@ def _with_ranges(calibrated: bytes, ranges: dict) -> bytes:
     return write_flatbuffer(flat)
 
 
+# Recurrent layers run as a while loop over a TensorList: with an unknown batch the converter
+# refuses the list ("'tf.TensorListReserve' op requires element_shape to be static": a
+# GRU/Conv1DTranspose audio generator, exit 4), and with a batch of one its int8 calibration
+# crashes the process (a segmentation fault in the converter). Unrolled over their known time
+# steps (the same function, no loop) they convert in every precision.
+RECURRENT = frozenset({"GRU", "LSTM", "SimpleRNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"})
+
+
+def unrolled(keras_model):
+    """``keras_model`` with its recurrent layers unrolled (``unroll=True``), or itself when it has
+    none; a model whose time steps are unknown cannot be unrolled and is returned as it is."""
+    from gencompress.model import iter_layers
+
+    if not any(type(layer).__name__ in RECURRENT for layer in iter_layers(keras_model)):
+        return keras_model
+    keras = import_keras()
+
+    def clone(layer):
+        config = layer.get_config()
+        if type(layer).__name__ in RECURRENT:
+            config["unroll"] = True
+        return type(layer).from_config(config)
+
+    try:
+        copy = keras.models.clone_model(keras_model, clone_function=clone)
+    except (ValueError, TypeError):  # unknown time steps: nothing to unroll over
+        return keras_model
+    copy.set_weights(keras_model.get_weights())
+    return copy
+
+
 def _converter(tf, model):
     if model.keras_model is None:
         return tf.lite.TFLiteConverter.from_concrete_functions([model.signature], model._saved_object)
+    keras_model = unrolled(model.keras_model)
+    if keras_model is not model.keras_model:
+        serve, module = serving_function(tf, keras_model)
+        return tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], module)
     if _keys_are_names(model):
         return tf.lite.TFLiteConverter.from_keras_model(model.keras_model)
     # from_keras_model names the signature's inputs after the Keras inputs; a name that is not a

@@ -37,8 +37,12 @@ def quantize(model, config: QuantizeConfig | None = None, calibration: Calibrati
         if training is not None and fast is not None:
             from gencompress.pipelines.qat import add_qat_artifacts, compare_ptq_qat
 
-            section = add_qat_artifacts(session, training, fast.keras_model, strategy=strategy)
-            section = section.model_copy(update={"comparison": compare_ptq_qat(session.artifacts, "qat")})
+            if auto:
+                section = _rescue(session, training, fast, strategy)
+            else:
+                section = add_qat_artifacts(session, training, fast.keras_model, strategy=strategy)
+            if section is not None:
+                section = section.model_copy(update={"comparison": compare_ptq_qat(session.artifacts, "qat")})
         shipped = rescue.shipped_selector(session.artifacts, config.min_psnr, auto) if section is not None else rescue.int8_slot
         if config.min_psnr > 0:
             session.notes += rescue.speed_notes(session.artifacts, config.min_psnr, shipped)
@@ -53,6 +57,25 @@ def quantize(model, config: QuantizeConfig | None = None, calibration: Calibrati
         session.cache.close()
         raise
     return Result(report, session.files, session.cache, previews=session.previews)
+
+
+def _rescue(session, training, fast, strategy):
+    """The auto rescue's QAT, or ``None`` with a note when the model cannot be trained
+    quantization-aware after all: the post-training picks ship as they are (a rescue that
+    fails must not take the run down with it)."""
+    from gencompress.errors import ConversionError, UnsupportedModelError
+    from gencompress.pipelines.qat import add_qat_artifacts
+
+    artifacts, files = list(session.artifacts), dict(session.files)  # restored if it fails midway
+    try:
+        return add_qat_artifacts(session, training, fast.keras_model, strategy=strategy)
+    except (ConversionError, UnsupportedModelError) as exc:
+        session.artifacts[:] = artifacts
+        session.files.clear()
+        session.files.update(files)
+        session.notes.append(f"--method auto: quantization-aware training failed ({exc}); the post-training picks ship")
+        session.progress.log(f"auto: quantization-aware training failed: {exc}")
+        return None
 
 
 def _check_qat(model) -> None:

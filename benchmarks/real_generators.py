@@ -135,7 +135,9 @@ def main() -> None:
         start = time.perf_counter()
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:  # what it printed so far says where the time went
+            partial = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+            (folder / "stderr.log").write_text(partial)
             half["failed"] += 1
             half["over_time"] += 1
             rows.append(f"| {entry['file']} | {entry['half']} | {load:.1f} | timed out after {args.timeout} s |")

@@ -53,6 +53,9 @@ PICK_SIZE_BUDGET = 2.0
 SCREEN_SAMPLES, FAST_SCREEN_SAMPLES = 4, 2
 # Mixed-precision steps before the search moves on to weight-only int8 and wider types.
 MAX_MIXED_STEPS = 8
+# Units the mixed-precision screen measures one by one at most. A GRU unrolled over 100 time
+# steps is 1,500 TFLite units: the screen ran for 20 minutes; past this it is not tried.
+MAX_SCREENED_UNITS = 300
 # Screened variants the mixed-precision search may spend after its first ranking, and how many
 # of the best-ranked remaining units it re-measures after each restored one.
 RERANK_CANDIDATES = 4
@@ -266,6 +269,7 @@ class _Search:
         self.c, self.measure, self.log, self.prefer = candidates, measure, log, prefer
         self.attempts: list[Attempt] = []
         self.failed: list[str] = []  # attempts not built, or that the runtime failed to run
+        self.mixed_skipped = False  # too many units to screen (``MAX_SCREENED_UNITS``)
 
     def settled(self) -> bool:
         """Nothing later can win: later stages add size, or give up speed. With ``prefer="speed"``
@@ -323,9 +327,13 @@ class _Search:
     def mixed(self) -> list[dict]:
         """Step 2: keep units float one at a time, greedily by their gain given what is float."""
         base = self.mixed_base()
+        units, denied, _ = self.units_of(base.variant)
+        if len(units) > MAX_SCREENED_UNITS:
+            self.log(f"mixed precision not tried: {len(units)} units, more than the {MAX_SCREENED_UNITS} the screen measures one by one")
+            self.mixed_skipped = True
+            return []
         outputs = base.outputs if base.outputs is not None else self.measure(base.label, base.precision, base.data).outputs
         self.measure.screen_on_hardest(outputs)
-        units, denied, _ = self.units_of(base.variant)
         build = lambda floats: (lambda: base.variant(self.expand(floats, base.variant)))  # noqa: E731
         base_psnr = self._screen("base", build([]))
         rows = rank_units(units, denied, build, self.measure, all_but=True, only=False, screen=True)
@@ -415,7 +423,7 @@ def search(candidates: Candidates, measure: Measurer, log=lambda msg: None, pref
     slow = [a for a in s.attempts if a.passed and a.compute == "slow" and a.variant]
     if slow and not passed_fast:  # int8 passes but a reference kernel makes it slow: keep that op float
         passed_fast = s.faster(max(slow, key=lambda a: a.psnr_db or 0.0)).compute in ("int8", "mixed")
-    if ranking and (prefer == "size" or not passed_fast):  # 3. weight-only int8, then wider types
+    if (ranking or s.mixed_skipped) and (prefer == "size" or not passed_fast):  # 3. weight-only int8, then wider types
         s.attempt("weight-only int8", "int8-weights", candidates.weight_only)
     if not s.settled():
         for label, precision, build in candidates.wider:

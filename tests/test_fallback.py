@@ -350,10 +350,19 @@ def test_one_calibration_per_format_and_method(collapsing_h5, tmp_path):
     log = stream.getvalue()
     attempts = {a.format: len(a.fallback.attempts) for a in result.report.artifacts if a.fallback}
     assert attempts["tflite"] > 3 and attempts["onnx"] > 3  # the collapsing model needs a real search
-    assert log.count("tflite: calibrating on 16 samples") == 1
-    # ONNX: once per calibration method the search tries (minmax, then percentile and entropy)
+    # TFLite: once per model form the search quantizes (the model; its sub-pixel and equalized forms)
+    tflite = next(a for a in result.report.artifacts if a.fallback and a.format == "tflite").fallback
+    forms = {("sub-pixel" in t.label, "equalized" in t.label) for t in tflite.attempts if t.precision in ("int8", "mixed")}
+    assert log.count("tflite: calibrating on 16 samples") == len(forms)
+    # ONNX: once per model form and calibration method the search tries (minmax, then percentile and entropy)
+    onnx = next(a for a in result.report.artifacts if a.fallback and a.format == "onnx").fallback
+
+    def method(label):
+        return next((m for m in ("percentile", "entropy") if f"{m} calibration" in label), "minmax")
+
+    pairs = {("sub-pixel" in t.label, "equalized" in t.label, method(t.label)) for t in onnx.attempts if t.precision in ("int8", "mixed")}
     onnx_calibrations = [line for line in log.splitlines() if line.startswith("onnx: calibrating")]
-    assert len(onnx_calibrations) == len({line.split("(")[1].split(")")[0] for line in onnx_calibrations}) <= 3
+    assert len(onnx_calibrations) == len(pairs)
     assert not list(tmp_path.glob("candidate*")) and not list(tmp_path.glob("*.json.tmp"))
 
 

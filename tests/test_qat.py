@@ -327,8 +327,11 @@ def test_quantize_method_qat_writes_ptq_and_qat_side_by_side(dcgan_h5, tmp_path)
     assert report["calibration"]["source"] == str(latents) and report["evaluation"]["source"] == str(latents)
     q = report["qat"]
     assert q["finetune"]["steps_run"] >= 10 and q["finetune"]["config"]["learning_rate"] == 1e-5
-    assert [r["batchnorm"] for r in q["batchnorm"] if r["folded"]] == ["bn0"]
-    assert q["left_float"] == [] and q["range_calibration"]["samples"] > 0
+    # QAT trains the fast form: BatchNorm already folded (bn0 into its layer), transposed
+    # convolutions in sub-pixel form; nothing is left for tfmot to fold
+    assert not [r for r in q["batchnorm"] if r["folded"]] and "up1_pad" in q["quantized_layers"]
+    # left float: only the depth-to-space shuffles (no weights; the grid is carried through them)
+    assert all(r["params"] == 0 and r["name"].endswith("_shuffle") for r in q["left_float"]) and q["range_calibration"]["samples"] > 0
     assert [e["format"] for e in q["exports"]] == ["tflite", "onnx"] and all(e["agrees"] for e in q["exports"])
     assert [r["format"] for r in q["comparison"]] == ["tflite", "onnx"]
     for row in q["comparison"]:
@@ -379,8 +382,8 @@ def test_comparison_takes_the_best_post_training_int8_at_the_qat_size():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--steps", "10"], "--steps only applies to --method qat"),
-        (["--data", "x.npy"], "--data only applies to --method qat"),
+        (["--method", "ptq", "--steps", "10"], "--steps only applies to --method qat or auto"),
+        (["--method", "ptq", "--data", "x.npy"], "--data only applies to --method qat or auto"),
         (["--method", "qat", "--steps", "-1"], "--steps must be 0 or more"),
         (["--method", "qat", "--learning-rate", "0"], "--learning-rate must be a positive number"),
         (["--method", "qat", "--batch-size", "0"], "--batch-size must be at least 1"),
@@ -418,7 +421,9 @@ def test_keras3_model_through_the_bridge(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["model"]["format"] == "keras3"
-    assert [r["into"] for r in report["qat"]["batchnorm"]] == ["project"]
+    # QAT trains the fast form: project_bn folded into project before it (nothing left to fold)
+    layers = report["qat"]["quantized_layers"] + [r["name"] for r in report["qat"]["left_float"]]
+    assert "project" in layers and "project_bn" not in layers and not report["qat"]["batchnorm"]
     qat = next(a for a in report["artifacts"] if a.get("variant") == "qat")
     assert qat["path"].endswith("k3-qat.int8.tflite") and qat["fidelity"]["psnr_db"] > 35
     assert report["qat"]["exports"][0]["agrees"]

@@ -48,8 +48,10 @@ def test_loads_and_exports_equal_to_keras(entry, tmp_path):
 
 @pytest.mark.parametrize("entry", CHEAPER_HALF, ids=lambda e: e["file"])
 def test_quantize_end_to_end(entry, tmp_path):
+    """The post-training search on real generators (the QAT rescue after it, minutes per model,
+    is tests/test_rescue.py's and the benchmark's)."""
     out = tmp_path / "out"
-    result = _cli("quantize", REAL / entry["file"], "-o", out, *load_args(entry, tmp_path), "--latency-runs", 10)
+    result = _cli("quantize", REAL / entry["file"], "-o", out, *load_args(entry, tmp_path), "--latency-runs", 10, "--method", "ptq")
     assert result.exit_code in (0, 3), result.output
     report = _report(out)
     quantized = [a for a in report["artifacts"] if a["precision"] != "float32"]

@@ -49,9 +49,11 @@ def tflite_candidates(session: Session) -> Candidates:
             build = lambda floats, m=form_mixed, s=sat: m.build(floats, saturation_aware=s, int8_io=int8_io)  # noqa: E731
             yield label, Variant(build, form_mixed.units, frozenset(TFLITE_OPS_DENIED_BY_TYPE), form_mixed.companions, layer_macs(form))
 
+    @functools.cache
     def float_tflite() -> bytes:
-        # the run's float32 artifact of this model is already written: no second conversion
-        return Path(artifact(session, "tflite").path).read_bytes()
+        # the run's float32 artifact of this model when it wrote one: no second conversion
+        written = artifact(session, "tflite")
+        return Path(written.path).read_bytes() if written is not None else convert_tflite(session.model, "float32")
 
     @functools.cache
     def float_undelegated() -> frozenset:
@@ -73,8 +75,14 @@ def tflite_candidates(session: Session) -> Candidates:
         slow_ops=_with_browser(session, "tflite", lambda data: tflite_undelegated_ops(data) - float_undelegated()),
         companions=mixed.companions,
         macs=layer_macs(session.model),
-        float_size=artifact(session, "tflite").size_bytes,
+        float_size=_float_size(session, "tflite"),
     )
+
+
+def _float_size(session: Session, fmt: str) -> int | None:
+    """The float artifact's size, which no pick may exceed (``None`` when the run made none)."""
+    a = artifact(session, fmt)
+    return a.size_bytes if a is not None else None
 
 
 def _with_browser(session: Session, fmt: str, slow_ops):
@@ -169,7 +177,7 @@ def onnx_candidates(session: Session) -> Candidates:
             ("float16", "float16", lambda: quantize_onnx(float_bytes, "float16")),
         ],
         macs=layer_macs(session.model),
-        float_size=artifact(session, "onnx").size_bytes,
+        float_size=_float_size(session, "onnx"),
     )
 
 

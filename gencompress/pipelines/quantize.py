@@ -67,8 +67,13 @@ def _rescue(session, training, fast, strategy):
     from gencompress.pipelines.qat import add_qat_artifacts
 
     artifacts, files = list(session.artifacts), dict(session.files)  # restored if it fails midway
+    failed = len(session.failures)
     try:
-        return add_qat_artifacts(session, training, fast.keras_model, strategy=strategy)
+        section = add_qat_artifacts(session, training, fast.keras_model, strategy=strategy)
+        for f in session.failures[failed:]:  # a rescue file that could not be made: said, not a failed run
+            session.notes.append(f"--method auto: {f.format} {f.precision} qat not made ({f.error}); the post-training pick ships")
+        del session.failures[failed:]
+        return section
     except (ConversionError, UnsupportedModelError) as exc:
         session.artifacts[:] = artifacts
         session.files.clear()

@@ -409,3 +409,27 @@ def test_an_int8_attempt_the_runtime_cannot_run_is_recorded_and_never_shipped(ke
     failed = artifact["fallback"]["failed_attempts"]
     assert failed and failed[0].startswith("int8: LiteRT failed to run it") and "DIV" in failed[0]
     assert artifact["fidelity"]["psnr_db"] is not None and artifact["fallback"]["chosen"] != "int8"
+
+
+def test_too_many_units_skip_the_mixed_screen(keras, tmp_path, monkeypatch):
+    """A GRU unrolled over 100 time steps is 1,500 TFLite units: screening each one alone ran for
+    20 minutes. Past ``MAX_SCREENED_UNITS`` mixed precision is not tried (said in the log), and
+    weight-only int8 and the wider types still are."""
+    from io import StringIO
+
+    import gencompress as gc
+    from gencompress.compress import search
+
+    keras.utils.set_random_seed(0)
+    z = keras.Input((12,), name="z")
+    x = keras.layers.Reshape((4, 3))(z)
+    x = keras.layers.GRU(8, return_sequences=True, name="gru")(x)
+    keras.Model(z, keras.layers.Dense(2, activation="tanh", name="out")(x)).save(tmp_path / "gru.h5")
+    monkeypatch.setattr(search, "MAX_SCREENED_UNITS", 5)
+    stream = StringIO()
+    config = gc.QuantizeConfig(eval_samples=8, latency_runs=3, min_psnr=80.0, method="ptq", formats=("tflite",))
+    result = gc.quantize(gc.load_model(tmp_path / "gru.h5"), config, gc.Calibration.noise(16), gc.Progress(stream, bars=False))
+    fb = next(a for a in result.report.artifacts if a.fallback).fallback
+    assert "mixed precision not tried:" in stream.getvalue() and "more than the 5 the screen measures" in stream.getvalue()
+    assert not [t for t in fb.attempts if t.precision == "mixed" and "all but" in t.label]
+    assert {"int8-weights", "float16"} <= {t.precision for t in fb.attempts}

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gencompress.report.macs import macs_text
+from gencompress.report.sections import _db, _pct, _ssim
+from gencompress.report.sections import _size as _kib
 
 TARGET_WORDS = {
     "macs": "MACs kept {:.0%} of the original's",
@@ -92,22 +94,6 @@ def _attempt(a: dict) -> str:
         f"tried {_pct(a['macs_fraction'])} of the MACs ({a['params']:,} parameters): {_db(a['psnr_refit_db'])} dB re-fitted, "
         f"{_db(a['psnr_db'])} dB {how}, {'passed' if a['passed'] else 'missed'}{' <- picked' if a.get('picked') else ''}"
     )
-
-
-def _db(x) -> str:
-    return "-" if x is None else f"{x:.2f}"
-
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def _kib(n) -> str:
-    return "-" if n is None else f"{n / 1024:.1f} KiB"
-
-
-def _ssim(x) -> str:
-    return "-" if x is None else f"{x:.4f}"
 
 
 def _speedup(x) -> str:

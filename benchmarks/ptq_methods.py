@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from real_generators import corpus, load_args  # noqa: E402
+from real_generators import corpus, load_kwargs  # noqa: E402
 
 KINDS = ("Dense", "Conv2D", "Conv2DTranspose")
 
@@ -145,13 +145,7 @@ def run_model(entry, workdir: Path) -> dict:
     from gencompress.model import flat_copy, load_model
     from gencompress.pipelines.session import prepare
 
-    args = load_args(entry, workdir)
-    kwargs = {"trust_code": "--trust-code" in args}
-    if "--custom-objects" in args:
-        kwargs["custom_objects_file"] = args[args.index("--custom-objects") + 1]
-    if "--input-shape" in args:
-        kwargs["input_shape"] = tuple(int(d) for d in args[args.index("--input-shape") + 1].split(","))
-    model = load_model(entry["path"], **kwargs)
+    model = load_model(entry["path"], **load_kwargs(entry, workdir))
     session = prepare(model, QuantizeConfig(fast=True))
     folded, _ = fold_batchnorm(flat_copy(model.keras_model))
     form = lambda km: dataclasses.replace(model, keras_model=km)  # noqa: E731

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from real_generators import REAL, corpus, load_args  # noqa: E402
+from real_generators import REAL, corpus, load_args, load_kwargs  # noqa: E402
 
 SAMPLES = REPO / "sample_models"
 SAMPLE_FILES = ["dcgan_digits.h5", "dcgan_saturated.h5", "cvae_decoder.h5", "sr_photos.h5"]
@@ -40,12 +40,7 @@ SLOWER = 1.10  # "slower than float": beyond this factor (latency noise on sub-m
 
 
 def _load_seconds(entry, folder: Path) -> float:
-    extra = load_args(entry, folder)
-    kwargs = {"trust_code": "--trust-code" in extra}
-    if "--custom-objects" in extra:
-        kwargs["custom_objects_file"] = extra[extra.index("--custom-objects") + 1]
-    if "--input-shape" in extra:
-        kwargs["input_shape"] = [int(d) for d in extra[extra.index("--input-shape") + 1].split(",")]
+    kwargs = load_kwargs(entry, folder)
     code = (
         "import json, sys, time; from gencompress.model import load_model; t = time.perf_counter(); "
         "load_model(sys.argv[1], **json.loads(sys.argv[2])); print(time.perf_counter() - t)"

@@ -73,3 +73,14 @@ def load_args(entry: dict, folder: Path) -> list[str]:
     helpers = Path(folder) / "lambda_helpers.py"
     helpers.write_text(LAMBDA_HELPERS)
     return args + ["--trust-code", "--custom-objects", str(helpers)]
+
+
+def load_kwargs(entry: dict, folder: Path) -> dict:
+    """``load_args`` as keyword arguments of ``gencompress.load_model`` (JSON-serializable)."""
+    args = load_args(entry, folder)
+    kwargs = {"trust_code": "--trust-code" in args}
+    if "--custom-objects" in args:
+        kwargs["custom_objects_file"] = args[args.index("--custom-objects") + 1]
+    if "--input-shape" in args:
+        kwargs["input_shape"] = [int(d) for d in args[args.index("--input-shape") + 1].split(",")]
+    return kwargs

@@ -69,6 +69,26 @@ def build_artifacts(session: Session, precisions, hint: str = "") -> None:
                 record_failure(session, fmt, precision, exc)
 
 
+def build_pruned(session: Session, model, keras_model, precisions, hint: str) -> Session:
+    """Save ``keras_model`` (pruned from ``model``) as ``<stem>-pruned``, build its artifacts in a
+    session around it (measured against the original) and collect them into ``session`` as the
+    ``pruned`` variant. Returns that derived session (its model: the saved one)."""
+    import dataclasses
+
+    from gencompress.artifacts import derived_model_name, save_keras
+
+    name = derived_model_name(model, "pruned")
+    saved = save_keras(keras_model, session.workdir / name)
+    session.files[name] = saved
+    derived = session.derived(dataclasses.replace(model, keras_model=keras_model, path=str(saved), params=int(keras_model.count_params())))
+    build_artifacts(derived, precisions, hint)  # <stem>-pruned.<precision>.<ext>
+    for a in derived.artifacts:
+        a.variant = "pruned"
+    session.artifacts.extend(derived.artifacts)
+    session.failures.extend(f.model_copy(update={"variant": "pruned"}) for f in derived.failures)
+    return derived
+
+
 def guarded_int8(session: Session, fmt: str, hint: str = ""):
     """The smallest int8-or-better artifact meeting the target, with the search in the report."""
     target = session.config.min_psnr

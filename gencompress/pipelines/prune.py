@@ -6,13 +6,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from gencompress.artifacts import derived_model_name
 from gencompress.calibration import Calibration
 from gencompress.compress.distribute import strategy_info
 from gencompress.compress.pruning import RUNTIME_NOTE, prune_model, pruned_kernels, select_layers, tflite_weight_sparsity
 from gencompress.config import PruneConfig
 from gencompress.errors import UnsupportedModelError
-from gencompress.pipelines.build import build_artifacts
+from gencompress.pipelines.build import build_artifacts, build_pruned
 from gencompress.pipelines.gates import judge
 from gencompress.pipelines.result import Result
 from gencompress.pipelines.session import Session, make_report, prepare
@@ -51,7 +50,6 @@ def prune(model, config: PruneConfig | None = None, calibration: Calibration | N
 
 
 def _prune(session: Session, model, config: PruneConfig, strategy) -> Result:
-    from gencompress.artifacts import save_keras
     from gencompress.compress.finetune import training_sources
 
     precisions = [p for p in config.then if p != "qat"]
@@ -67,18 +65,8 @@ def _prune(session: Session, model, config: PruneConfig, strategy) -> Result:
         model.keras_model, config, source=source, held=val, output_range=session.output_range,
         seed=config.seed, progress=session.progress, strategy=strategy, plan=plan,
     )
-    name = derived_model_name(model, "pruned")
-    saved = save_keras(pruned, session.workdir / name)
-    session.files[name] = saved
-    pruned_loaded = dataclasses.replace(model, keras_model=pruned, path=str(saved), params=int(pruned.count_params()))
-    # The same session around the pruned model: its stem is <stem>-pruned, so its artifacts are
-    # <stem>-pruned.<precision>.<ext>.
-    derived = session.derived(pruned_loaded)
-    build_artifacts(derived, precisions, PRUNE_HINT)
-    for a in derived.artifacts:
-        a.variant = "pruned"
-    session.artifacts.extend(derived.artifacts)
-    session.failures.extend(f.model_copy(update={"variant": "pruned"}) for f in derived.failures)
+    pruned_loaded = build_pruned(session, model, pruned, precisions, PRUNE_HINT).model
+    saved = Path(pruned_loaded.path)
     qat = None
     if "qat" in config.then:  # pruning-preserving QAT of the pruned model, against the original
         from gencompress.config import QAT_TRAINING

@@ -5,13 +5,13 @@ built and measured against the original, the ``channel_pruning`` section."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
-from gencompress.artifacts import derived_model_name
 from gencompress.compress.channels.pruner import ChannelPruner
 from gencompress.compress.channels.smallest import smallest_meeting
 from gencompress.compress.channels.training import finetune_pruned
 from gencompress.config import PruneConfig
-from gencompress.pipelines.build import build_artifacts
+from gencompress.pipelines.build import build_artifacts, build_pruned
 from gencompress.pipelines.gates import judge
 from gencompress.pipelines.result import Result
 from gencompress.pipelines.session import Session, make_report, prepare
@@ -38,7 +38,6 @@ def prune_channels(model, config: PruneConfig, calibration=None, progress=None, 
 
 
 def _run(session: Session, model, teacher, config: PruneConfig, strategy) -> Result:
-    from gencompress.artifacts import save_keras
     from gencompress.compress.finetune import training_sources
 
     precisions = [p for p in config.then if p != "qat"]
@@ -63,16 +62,8 @@ def _run(session: Session, model, teacher, config: PruneConfig, strategy) -> Res
         counts, met = pruner.counts_for(kind, value)
         cand = pruner.prune(counts)
         cand.model, result, kept = train(cand.model, config.training, cand.psnr_db)
-    name = derived_model_name(model, "pruned")
-    saved = save_keras(cand.model, session.workdir / name)
-    session.files[name] = saved
-    pruned = dataclasses.replace(model, keras_model=cand.model, path=str(saved), params=int(cand.model.count_params()))
-    derived = session.derived(pruned)
-    build_artifacts(derived, precisions, PRUNE_HINT)
-    for a in derived.artifacts:
-        a.variant = "pruned"
-    session.artifacts.extend(derived.artifacts)
-    session.failures.extend(f.model_copy(update={"variant": "pruned"}) for f in derived.failures)
+    derived = build_pruned(session, model, cand.model, precisions, PRUNE_HINT)
+    saved = Path(derived.model.path)
     qat = _qat(session, derived, config, cand.model, teacher, strategy)
     # --min-psnr alone is the pruned model's own target: its float artifacts are graded too
     judge(session, config.min_psnr, lambda a: a.variant == "pruned-qat" or (a.variant == "pruned" and (kind == "psnr" or a.precision != "float32")))

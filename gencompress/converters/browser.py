@@ -25,6 +25,7 @@ import numpy as np
 
 from gencompress.converters import browser_setup as setup
 from gencompress.converters.litertjs import litertjs_copy
+from gencompress.converters.runners import run_in_batches
 from gencompress.converters.runners import _dequantize, _match, _quantize, make_runner
 from gencompress.errors import ConversionError
 
@@ -240,14 +241,7 @@ class BrowserRunner:
     def run_all(self, data, on_sample=None) -> list[np.ndarray]:
         """Outputs for every sample of a ``CalibrationSet`` (one at a time in the page, in calls of
         up to ``CHUNK_BYTES`` of outputs); ``on_sample(n)`` after each call (progress)."""
-        n = len(data)
-        step = max(1, CHUNK_BYTES // max(1, self._sample_bytes))
-        parts = []
-        for start in range(0, n, step):
-            parts.append(self.run({k: v[start : start + step] for k, v in data.arrays.items()}))
-            if on_sample is not None:
-                on_sample(min(step, n - start))
-        return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+        return run_in_batches(self.run, data, max(1, CHUNK_BYTES // max(1, self._sample_bytes)), on_sample)
 
     def timed_runs(self, sample: dict, warmup: int, runs: int, max_seconds: float, min_runs: int) -> list[float]:
         """Milliseconds of each timed run, measured in the page (``measure_latency``'s protocol)."""

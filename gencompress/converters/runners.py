@@ -135,10 +135,16 @@ class OnnxRunner:
     def run_all(self, data, on_sample=None, batch: int = 8) -> list[np.ndarray]:
         """Outputs for every sample of a ``CalibrationSet`` in batches of ``batch``;
         ``on_sample(n)`` is called after each batch (progress)."""
-        n = len(data)
-        parts = []
-        for start in range(0, n, batch):
-            parts.append(self.run({k: v[start : start + batch] for k, v in data.arrays.items()}))
-            if on_sample is not None:
-                on_sample(min(batch, n - start))
-        return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+        return run_in_batches(self.run, data, batch, on_sample)
+
+
+def run_in_batches(run, data, batch: int, on_sample=None) -> list[np.ndarray]:
+    """``run`` (a runner's batch call) over every sample of a ``CalibrationSet``, ``batch`` at a
+    time, the outputs stacked along the batch axis; ``on_sample(n)`` after each call."""
+    n = len(data)
+    parts = []
+    for start in range(0, n, batch):
+        parts.append(run({k: v[start : start + batch] for k, v in data.arrays.items()}))
+        if on_sample is not None:
+            on_sample(min(batch, n - start))
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
